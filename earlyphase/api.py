@@ -1,0 +1,27 @@
+"""The notebook entry points: ``earlyphase.train(config) -> Run``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import RunConfig, load_run_config, to_dict
+from .run import Run
+from .store import Store
+from .train.engine import execute
+
+
+def train(config: RunConfig | dict | str | Path | None = None, *, preset: str | None = None,
+          store: str | Path | Store | None = None, overrides: list[str] | tuple[str, ...] = (),
+          progress: bool | None = None) -> Run:
+    """Train one run (or find it in the store) and return it.
+
+    ``config`` is a RunConfig, a dict in the TOML layout, or a TOML path; ``preset`` ("laptop",
+    "paper") supplies the base it overrides; ``overrides`` are ``"train.lr=0.05"`` strings.
+    """
+    if isinstance(config, RunConfig):
+        cfg = config
+        if overrides or preset:
+            cfg = load_run_config(to_dict(config), preset=preset, overrides=overrides)
+    else:
+        cfg = load_run_config(config, preset=preset, overrides=overrides)
+    st = store if isinstance(store, Store) else Store(store)
+    return Run(execute(cfg, st, progress=progress))

@@ -1,0 +1,205 @@
+"""The ``earlyphase`` command: train, ls, show, query, gc.
+
+Every user mistake ends in one line on stderr naming the problem and the fix, and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as for every other bad input
+        raise UserError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
+def _store(args: argparse.Namespace):
+    from .store import Store
+
+    return Store(args.store)
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="DIR", help="store root (default: $EARLYPHASE_HOME or ./earlyphase-store)")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_run_config
+    from .run import Run
+    from .train.engine import execute
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"observe.device={json.dumps(args.device)}")
+    if args.threads:
+        overrides.append(f"observe.threads={args.threads}")
+    if args.preset is None and args.config is None:
+        args.preset = "laptop"
+    cfg = load_run_config(args.config, preset=args.preset, overrides=overrides)
+    if args.print_config:
+        from .config import to_dict
+        import tomli_w
+
+        print(tomli_w.dumps(_drop_none(to_dict(cfg))), end="")
+        return 0
+    store = _store(args)
+    t0 = time.time()
+    run = Run(execute(cfg, store, progress=not args.quiet and sys.stderr.isatty()))
+    acc = run.final_accuracy
+    print(f"run {run.id}: test accuracy {acc:.4f} after {cfg.train.steps} ({time.time() - t0:.1f} s)")
+    print(run.path)
+    return 0
+
+
+def _drop_none(d):
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+def _headline(rd) -> tuple[str, str]:
+    df = rd.metrics()
+    acc = df[(df.name == "accuracy") & (df.split == "test")]
+    if acc.empty:
+        return "-", "-"
+    last = acc.iloc[acc.step.values.argmax()]
+    return str(int(last.step)), f"{last.value:.4f}"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    store = _store(args)
+    table = Table("run", "status", "data", "model", "steps", "seed", "last step", "test acc", box=None)
+    for rd in store.runs():
+        cfg = rd.spec().get("config", {})
+        status = rd.status()["status"]
+        if status == "running" and not rd.is_locked():
+            status = "stale (killed; run again to resume)"
+        step, acc = _headline(rd)
+        table.add_row(rd.id, status, cfg.get("data", {}).get("name", "?"), cfg.get("model", {}).get("name", "?"),
+                      str(cfg.get("train", {}).get("steps", "?")), str(cfg.get("seed", "?")), step, acc)
+    Console(width=160).print(table)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    rd = store.find(args.run)
+    print(f"run {rd.id} at {rd.path}")
+    print("status:", json.dumps(rd.status()))
+    print("config:", json.dumps(rd.spec().get("config", {}), indent=2, sort_keys=True))
+    print("provenance:", json.dumps(rd.provenance(), sort_keys=True))
+    steps = rd.checkpoint_steps()
+    shown = steps if len(steps) <= 12 else steps[:6] + ["..."] + steps[-5:]
+    print(f"checkpoints ({len(steps)}):", " ".join(map(str, shown)))
+    df = rd.metrics()
+    if not df.empty:
+        last = df[df.step == df.step.max()]
+        print(f"metrics at step {int(df.step.max())}:")
+        for r in last.itertuples(index=False):
+            print(f"  {r.name:<12} {r.split:<6} {r.layer:<10} {r.value:.6g}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from .store.query import query
+
+    df = query(_store(args), args.sql)
+    if args.format == "csv":
+        print(df.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(df.to_json(orient="records"))
+    else:
+        print(df.to_string(index=False) if not df.empty else "(no rows)")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    store = _store(args)
+    referenced = store.referenced_runs()
+    doomed = []
+    for rd in store.runs():
+        if rd.id in referenced or rd.is_locked():
+            continue
+        status = rd.status()["status"]
+        if status != "done" or args.unreferenced:
+            doomed.append((rd, status))
+    if not doomed:
+        print("nothing to remove")
+        return 0
+    for rd, status in doomed:
+        print(f"{'removing' if args.yes else 'would remove'} {rd.id} ({status})")
+    if args.yes:
+        for rd, _ in doomed:
+            rd.remove()
+    else:
+        print(f"{len(doomed)} runs; run again with --yes to remove them")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="earlyphase", description="Study the early phase of neural-network training.")
+    parser.add_argument("--version", action="version", version=f"earlyphase {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one run (or find it in the store)",
+                       description="Train one run from a preset and/or a TOML config with overrides.")
+    p.add_argument("--preset", help="laptop (default) or paper")
+    p.add_argument("--config", metavar="FILE.toml", help="a run config; overrides the preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=0.05")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="torch threads for this run")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_store(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("ls", help="list runs with status and headline metrics")
+    _add_store(p)
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("show", help="show one run: config, status, provenance, checkpoints, metrics")
+    p.add_argument("run", help="run id or a unique prefix")
+    _add_store(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("query", help="SQL (DuckDB) over all runs",
+                       description="Views: metrics(run_id, step, name, layer, split, value) and "
+                                   "runs(run_id, kind, status, created, spec).")
+    p.add_argument("sql")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_store(p)
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("gc", help="remove failed or abandoned runs no experiment refers to",
+                       description="Lists what it would remove; --yes removes it. Done runs are kept "
+                                   "unless --unreferenced.")
+    p.add_argument("--yes", action="store_true", help="really remove")
+    p.add_argument("--unreferenced", action="store_true", help="also remove done runs no experiment refers to")
+    _add_store(p)
+    p.set_defaults(func=cmd_gc)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Run configuration: frozen dataclasses, TOML loading, ``--set a.b=1`` overrides, canonical JSON and
+the run id.
+
+A run's id hashes only what determines its trajectory (data, model, optimizer, schedule, seeds,
+starting state, mask); fields marked ``observe`` (where the data lives, checkpoint and evaluation
+steps, recorders, device, threads) are left out, so asking a stored run for more observations does
+not make it a different run (SPEC §0 "run").
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .steps import parse_step
+
+OBSERVE = {"observe": True}  # field metadata: not part of the run id
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _step(value: str, key: str) -> str:
+    """Validate a step string, naming the config key in the error; returns its normal form."""
+    try:
+        return str(parse_step(value))
+    except UserError as e:
+        raise UserError(f"{key}: {e}") from None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, which part of it, and how it is transformed (SPEC §1 "Datasets")."""
+
+    name: str = "mnist1d"
+    root: str | None = field(default=None, metadata=OBSERVE)  # directory of cifar10 / mnist files
+    n_train: int | None = None
+    n_test: int | None = None
+    classes: tuple[int, ...] | None = None  # keep a subset, relabelled 0..n-1
+    normalize: bool = False  # per-channel mean/std of the training split
+    augment: bool = False  # images: random crop (4-px padding) and horizontal flip, per batch
+    label_noise: float = 0.0  # fraction of training labels replaced by uniform random ones
+    blur: int = 1  # downsample by this factor and upsample back; 1 = off
+    task: str = "classify"  # classify | rotation | color_dominance | energy_half
+    targets: str = "index"  # index (int64 classes) | pm1 (float +-1, binary square-loss tasks)
+    seed: int = 0  # draws generated data (gaussian, prototypes, mnist1d) and label noise
+    dim: int = 100  # gaussian / prototypes input dimension
+    spectrum: str = "isotropic"  # gaussian covariance: isotropic | power:ALPHA
+    num_classes: int = 10  # prototypes
+    atypical: float = 0.1  # prototypes: fraction of atypical samples
+
+    def __post_init__(self) -> None:
+        _check(self.n_train is None or self.n_train >= 1, f"data.n_train must be >= 1, got {self.n_train}")
+        _check(self.n_test is None or self.n_test >= 1, f"data.n_test must be >= 1, got {self.n_test}")
+        _check(0.0 <= self.label_noise <= 1.0, f"data.label_noise must be in [0, 1], got {self.label_noise}")
+        _check(self.blur >= 1, f"data.blur must be an integer factor >= 1, got {self.blur}")
+        _check(self.targets in ("index", "pm1"), f"data.targets must be 'index' or 'pm1', got {self.targets!r}")
+        _check(self.dim >= 1, f"data.dim must be >= 1, got {self.dim}")
+        _check(0.0 <= self.atypical <= 1.0, f"data.atypical must be in [0, 1], got {self.atypical}")
+        if self.classes is not None:
+            _check(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes),
+                   f"data.classes must list at least two distinct classes, got {list(self.classes)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network (SPEC §1 "Models")."""
+
+    name: str = "cnn1d"
+    widths: tuple[int, ...] = (300, 100)  # mlp hidden widths
+    width: int = 2000  # two_layer: hidden units m
+    activation: str = "relu"  # mlp / two_layer
+    symmetric: bool = True  # two_layer: two halves with opposite second layers, so f0 = 0
+    prune_output: bool = False  # whether the output layer's weight is prunable
+
+    def __post_init__(self) -> None:
+        _check(all(w >= 1 for w in self.widths), f"model.widths must be positive, got {list(self.widths)}")
+        _check(self.width >= 1, f"model.width must be >= 1, got {self.width}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer, schedule and loss (SPEC §1 "Training")."""
+
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)  # adam
+    batch_size: int = 100
+    full_batch: bool = False  # gradient descent on the whole training set
+    steps: str = "3000it"  # training length T
+    schedule: str = "constant"  # constant | step
+    milestones: tuple[str, ...] = ()  # step decay points (step strings)
+    gamma: float = 0.1  # step decay factor
+    warmup: str = "0it"  # linear warmup length
+    loss: str = "cross_entropy"  # cross_entropy | square
+
+    def __post_init__(self) -> None:
+        _check(self.optimizer in ("sgd", "adam"), f"train.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.schedule in ("constant", "step"), f"train.schedule must be 'constant' or 'step', got {self.schedule!r}")
+        _check(self.gamma > 0, f"train.gamma must be > 0, got {self.gamma}")
+        _check(self.loss in ("cross_entropy", "square"), f"train.loss must be 'cross_entropy' or 'square', got {self.loss!r}")
+        object.__setattr__(self, "steps", _step(self.steps, "train.steps"))
+        object.__setattr__(self, "warmup", _step(self.warmup, "train.warmup"))
+        object.__setattr__(self, "milestones", tuple(_step(m, "train.milestones") for m in self.milestones))
+
+
+@dataclass(frozen=True)
+class ObserveConfig:
+    """What is recorded and where it runs: none of it changes the trajectory, so none is hashed."""
+
+    checkpoints: tuple[str, ...] = ()  # explicit checkpoint steps
+    schedule: str = "none"  # none | dense (every step to 100, then 20 per decade) | pow2 (0 and 2^i)
+    eval_every: str = ""  # also evaluate every this many steps ("" = at checkpoints and the end only)
+    eval_train: bool = True  # evaluate on the training split as well as the test split
+    eval_batch: int = 2000
+    recorders: tuple[str, ...] = ()
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 1  # torch threads, pinned per run
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.schedule in ("none", "dense", "pow2"),
+               f"observe.schedule must be 'none', 'dense' or 'pow2', got {self.schedule!r}")
+        _check(self.threads >= 1, f"observe.threads must be >= 1, got {self.threads}")
+        _check(self.eval_batch >= 1, f"observe.eval_batch must be >= 1, got {self.eval_batch}")
+        object.__setattr__(self, "checkpoints", tuple(_step(c, "observe.checkpoints") for c in self.checkpoints))
+        if self.eval_every:
+            _check(_step(self.eval_every, "observe.eval_every") not in ("0it",),
+                   "observe.eval_every must be a positive step, e.g. '100it'")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one training run, plus what is observed of it."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0  # draws the initialization
+    data_seed: int = 0  # draws the data order and augmentation
+    start_run: str | None = None  # start from the weights of this run ...
+    start_step: str = "0it"  # ... at this step; training resumes the schedule from here
+    mask: str | None = None  # id of a stored mask held fixed during training
+    observe: ObserveConfig = field(default_factory=ObserveConfig, metadata=OBSERVE)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start_step", _step(self.start_step, "start_step"))
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------------------
+# dict <-> dataclass with strict keys and types
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{where}' must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise UserError(f"config key '{where}' must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{where}' must be a table, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    hint = " (a step string such as '100it' or '2ep')" if tp is str and isinstance(value, int) else ""
+    raise UserError(f"config key '{where}' must be of type {_type_name(tp)}{hint}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build a config dataclass from a dict; unknown keys and wrong types are errors."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else key
+        if key not in known:
+            raise UserError(f"unknown config key '{where}'; known keys here: {', '.join(sorted(known))}")
+        kwargs[key] = _coerce(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any, *, hashed_only: bool = False) -> dict:
+    """Plain-JSON form of a config; ``hashed_only`` drops the observe-only fields."""
+    out = {}
+    for f in fields(cfg):
+        if hashed_only and f.metadata.get("observe"):
+            continue
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v, hashed_only=hashed_only)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def canonical_json(obj: Any) -> str:
+    if dataclasses.is_dataclass(obj):
+        obj = to_dict(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def run_id(cfg: RunConfig) -> str:
+    """Hash of the trajectory-determining part of a run config (16 hex digits)."""
+    return hashlib.sha256(canonical_json(to_dict(cfg, hashed_only=True)).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# TOML files, presets and overrides
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value``: the value is read as a TOML literal, else kept as a string."""
+    if "=" not in text:
+        raise UserError(f"override {text!r} is not of the form key=value, e.g. --set train.lr=0.05")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"override {text!r} has an empty key; write e.g. --set train.lr=0.05")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    data = json.loads(json.dumps(data))  # deep copy
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {text!r}: '{part}' is not a table")
+        node[path[-1]] = value
+    return data
+
+
+def read_toml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {p} does not exist; pass an existing TOML file to --config")
+    try:
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {p} is not valid TOML: {e}") from None
+
+
+def preset_path(kind: str, preset: str) -> Path:
+    path = PRESET_DIR / preset / f"{kind}.toml"
+    if not path.is_file():
+        have = sorted(p.name for p in PRESET_DIR.iterdir() if (p / f"{kind}.toml").is_file())
+        raise UserError(f"unknown preset {preset!r} for {kind}; available: {', '.join(have)}")
+    return path
+
+
+def load_run_config(config: str | Path | dict | None = None, *, preset: str | None = None,
+                    overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Resolve a run config: preset, then a TOML file (or dict) on top, then ``--set`` overrides."""
+    data: dict = {}
+    if preset is not None:
+        data = read_toml(preset_path("train", preset))
+    if isinstance(config, dict):
+        data = _merge(data, config)
+    elif config is not None:
+        from_file = read_toml(config)
+        try:
+            from_dict(RunConfig, from_file)
+        except UserError as e:
+            raise UserError(f"{config}: {e}") from None
+        data = _merge(data, from_file)
+    data = apply_overrides(data, overrides)
+    return from_dict(RunConfig, data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,92 @@
+"""Datasets by name (SPEC §1 "Datasets"): a source loader, then the config's options applied in one fixed
+order, so a DataConfig always gives the same tensors.
+
+Order: source -> ``classes`` subset -> ``n_train``/``n_test`` cap -> ``rotation`` task -> ``blur`` ->
+``normalize`` -> ``color_dominance``/``energy_half`` labels (computed on the normalized inputs, what the
+network sees, as the paper's code does) -> ``label_noise`` -> ``targets``.
+
+The cap keeps the first n samples of each split (no reshuffle: the sources are already in random
+order). For the generated sources (mnist1d, gaussian, prototypes) ``n_train``/``n_test`` are the
+numbers generated, before any class subset; for the file sources (digits, cifar10, mnist,
+fashion_mnist) asking for more samples than a split has is an error.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..config import DataConfig
+from ..errors import UserError
+from . import cifar10, digits, gaussian, idx, mnist1d, prototypes
+from .base import Dataset
+from .transforms import (blur, color_dominance, crop_flip, draw_crop_flip, energy_half, label_noise,
+                         normalize, rotation_task, subset_classes)
+
+SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {
+    "mnist1d": mnist1d.load,
+    "digits": digits.load,
+    "gaussian": gaussian.load,
+    "prototypes": prototypes.load,
+    "cifar10": cifar10.load,
+    "mnist": idx.load,
+    "fashion_mnist": idx.load,
+}
+DATASETS: list[str] = list(SOURCES)
+GENERATED = {"mnist1d", "gaussian", "prototypes"}
+TASKS = ("classify", "rotation", "color_dominance", "energy_half")
+
+__all__ = ["DATASETS", "Dataset", "load_dataset", "crop_flip", "draw_crop_flip"]
+
+
+def _cap(x: torch.Tensor, y: torch.Tensor, n: int | None, key: str, name: str, strict: bool) -> tuple:
+    if n is None:
+        return x, y
+    if n > len(y) and strict:
+        raise UserError(f"data.{key} = {n} but {name} has only {len(y)} samples in that split "
+                        f"(after any class subset); lower data.{key}")
+    return x[:n], y[:n]
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """The dataset a DataConfig describes, on the CPU."""
+    if cfg.name not in SOURCES:
+        raise UserError(f"unknown dataset {cfg.name!r}; known datasets: {', '.join(DATASETS)}")
+    if cfg.task not in TASKS:
+        raise UserError(f"unknown data.task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
+    ds = SOURCES[cfg.name](cfg)
+    x_tr, y_tr, x_te, y_te, n_cls = ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes
+
+    if cfg.classes is not None:
+        x_tr, y_tr = subset_classes(x_tr, y_tr, cfg.classes, n_cls, what=cfg.name)
+        x_te, y_te = subset_classes(x_te, y_te, cfg.classes, n_cls, what=cfg.name)
+        n_cls = len(cfg.classes)
+    strict = cfg.name not in GENERATED
+    x_tr, y_tr = _cap(x_tr, y_tr, cfg.n_train, "n_train", cfg.name, strict)
+    x_te, y_te = _cap(x_te, y_te, cfg.n_test, "n_test", cfg.name, strict)
+    if len(y_tr) == 0 or len(y_te) == 0:
+        raise UserError(f"{cfg.name} with data.classes = {list(cfg.classes or [])} leaves an empty split; "
+                        f"pick classes present in the data or raise data.n_train / data.n_test")
+
+    if cfg.task == "rotation":
+        x_tr, y_tr, n_cls = rotation_task(x_tr)
+        x_te, y_te, _ = rotation_task(x_te)
+    x_tr, x_te = blur(x_tr, cfg.blur), blur(x_te, cfg.blur)
+    if cfg.normalize:
+        x_tr, x_te = normalize(x_tr, x_te)
+    if cfg.task in ("color_dominance", "energy_half"):
+        relabel = color_dominance if cfg.task == "color_dominance" else energy_half
+        y_tr, n_cls = relabel(x_tr)
+        y_te, _ = relabel(x_te)
+
+    if cfg.label_noise > 0:
+        y_tr = label_noise(y_tr, cfg.label_noise, n_cls, torch.Generator().manual_seed(cfg.seed))
+    if cfg.targets == "pm1":
+        if n_cls != 2:
+            raise UserError(f"data.targets = 'pm1' needs a two-class task, {cfg.name} with task {cfg.task!r} has "
+                            f"{n_cls} classes; pick two with data.classes or use data.targets = 'index'")
+        y_tr, y_te = y_tr.float() * 2 - 1, y_te.float() * 2 - 1
+    if cfg.augment and x_tr.dim() != 4:
+        raise UserError(f"data.augment (random crop and flip) needs images, {cfg.name} has inputs of shape "
+                        f"{tuple(x_tr.shape[1:])}; set data.augment = false")
+    return Dataset(cfg.name, x_tr.contiguous(), y_tr, x_te.contiguous(), y_te, n_cls, cfg.augment)

@@ -1,0 +1,90 @@
+"""MNIST and Fashion-MNIST from a local directory of IDX files (gzipped or not), the format both are
+distributed in; headers are checked so a truncated or mixed-up file is an error, not garbage data."""
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from ..errors import UserError
+from .base import Dataset
+
+FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+         "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+TORCHVISION_DIR = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+LAYOUT = ("the IDX files " + ", ".join(FILES.values()) + " (each optionally gzipped, with .gz), "
+          "directly in it or in a raw/ subfolder")
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An unsigned-byte IDX array with ``ndim`` dimensions: magic 0x0000 08 ndim, then ndim big-endian
+    int32 sizes, then exactly prod(sizes) bytes."""
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); replace it with the official file") from None
+    head = 4 + 4 * ndim
+    if len(raw) < head:
+        raise UserError(f"{path} is too short for an IDX header ({len(raw)} bytes); the file is truncated")
+    magic = raw[:4]
+    if magic[:2] != b"\0\0" or magic[2] != 0x08 or magic[3] != ndim:
+        raise UserError(f"{path} has IDX magic {magic.hex()}, expected 000008{ndim:02x} (unsigned bytes, "
+                        f"{ndim} dims); it is not the expected IDX file")
+    dims = [int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)]
+    size = int(np.prod(dims))
+    if len(raw) != head + size:
+        raise UserError(f"{path} should hold {head + size} bytes for dims {dims}, has {len(raw)}; "
+                        f"the file is truncated or corrupt")
+    return np.frombuffer(raw, dtype=np.uint8, offset=head).reshape(dims)
+
+
+def _find(base: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (base / name).is_file():
+            return base / name
+    return None
+
+
+def find_files(root: str | None, name: str) -> dict[str, Path]:
+    """The four files, from data.root, its raw/ subfolder, or torchvision's <root>/MNIST/raw layout."""
+    if root is None:
+        raise UserError(f"data.name = '{name}' needs data.root, a directory holding {LAYOUT}")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise UserError(f"{name} directory {base} does not exist; data.root must hold {LAYOUT}")
+    for sub in (base, base / "raw", base / TORCHVISION_DIR[name] / "raw"):
+        found = {key: _find(sub, stem) for key, stem in FILES.items()}
+        if all(found.values()):
+            return found  # type: ignore[return-value]
+    raise UserError(f"{base} does not hold the {name} files: expected {LAYOUT}")
+
+
+def _split(files: dict[str, Path], part: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images = read_idx(files[f"{part}_images"], 3)
+    labels = read_idx(files[f"{part}_labels"], 1)
+    if labels.shape[0] != images.shape[0]:
+        raise UserError(f"{files[f'{part}_labels']} has {labels.shape[0]} labels but "
+                        f"{files[f'{part}_images']} has {images.shape[0]} images; the files do not belong together")
+    if labels.size and labels.max() > 9:
+        raise UserError(f"{files[f'{part}_labels']} has labels above 9; it is not an MNIST label file")
+    x = torch.from_numpy(images.copy()).float().div_(255.0)[:, None]
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def load(cfg: DataConfig) -> Dataset:
+    """N x 1 x 28 x 28 float32 in [0, 1], 10 classes (60000/10000 with the official files)."""
+    files = find_files(cfg.root, cfg.name)
+    x_train, y_train = _split(files, "train")
+    x_test, y_test = _split(files, "test")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise UserError(f"{files['train_images']} holds {tuple(x_train.shape[2:])} images but "
+                        f"{files['test_images']} holds {tuple(x_test.shape[2:])}; the files do not belong together")
+    return Dataset(cfg.name, x_train, y_train, x_test, y_test, 10)

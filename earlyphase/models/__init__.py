@@ -1,0 +1,94 @@
+"""Model registry (SPEC §1 "Models"): build a network by name, name its prunable weights, initialize it.
+
+Every model carries ``output_layer``, the name of its final layer (a module, or for two_layer the
+parameter ``v``), so pruning can leave the output layer dense unless the config says otherwise.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import UserError
+from .cnn1d import build_cnn1d
+from .conv import build_conv
+from .mlp import build_mlp, build_lenet_300_100
+from .resnet import build_resnet
+from .two_layer import TwoLayer, activation_fn, build_two_layer
+from .vgg import build_vgg8_phases, build_vgg_cifar
+
+Builder = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
+
+_BUILDERS: dict[str, Builder] = {
+    "mlp": build_mlp,
+    "lenet_300_100": build_lenet_300_100,
+    "cnn1d": build_cnn1d,
+    "conv2": build_conv,
+    "conv4": build_conv,
+    "conv6": build_conv,
+    "resnet_cifar_20": build_resnet,
+    "resnet_cifar_56": build_resnet,
+    "vgg_cifar_11": build_vgg_cifar,
+    "vgg_cifar_13": build_vgg_cifar,
+    "vgg_cifar_16": build_vgg_cifar,
+    "vgg8_phases": build_vgg8_phases,
+    "two_layer": build_two_layer,
+}
+MODELS: list[str] = list(_BUILDERS)
+
+__all__ = ["MODELS", "TwoLayer", "activation_fn", "build_model", "init_weights", "prunable_names"]
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """Build and initialize ``cfg.name`` for inputs of ``input_shape`` (no batch dimension).
+
+    All randomness comes from the global torch RNG, so seeding torch first makes the weights
+    reproducible.
+    """
+    if cfg.name not in _BUILDERS:
+        raise UserError(f"model.name {cfg.name!r} is unknown; use one of: {', '.join(MODELS)}")
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(n, int) and n >= 1 for n in shape):
+        raise UserError(f"model '{cfg.name}' got input shape {shape}; it must be a non-empty tuple of positive "
+                        "sizes without the batch dimension, e.g. (1, 40) or (3, 32, 32)")
+    if not isinstance(out_dim, int) or out_dim < 1:
+        raise UserError(f"model '{cfg.name}' got output size {out_dim!r}; it must be a positive number of classes or outputs")
+    model = _BUILDERS[cfg.name](cfg, shape, out_dim)
+    init_weights(model)
+    return model
+
+
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module) -> None:
+    """Kaiming normal (fan_in, relu) conv/linear weights, zero biases, BN weight 1 and bias 0.
+
+    two_layer has no such modules, so it keeps its own N(0, 1) NTK initialization.
+    """
+    for module in model.modules():
+        if isinstance(module, _WEIGHTED):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def prunable_names(model: nn.Module, prune_output: bool) -> list[str]:
+    """Names (as in ``model.named_parameters()``) of the conv and linear weights, never biases or BN,
+    without the output layer's weight unless ``prune_output``; in named_parameters order."""
+    output = getattr(model, "output_layer", None)
+    if not isinstance(output, str):
+        raise UserError(f"{type(model).__name__} names no output_layer; build models with earlyphase.models.build_model")
+    params = dict(model.named_parameters())
+    output_weight = output if output in params else f"{output}.weight"
+    weights = set(getattr(model, "weight_params", ()))
+    for name, module in model.named_modules():
+        if isinstance(module, _WEIGHTED):
+            weights.add(f"{name}.weight" if name else "weight")
+    return [n for n in params if n in weights and (prune_output or n != output_weight)]

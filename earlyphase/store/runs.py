@@ -1,0 +1,184 @@
+"""The run store: one directory per run, named by the run id, written atomically, locked with
+``fcntl.flock`` so two processes never write one run (a killed process releases its lock)."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import UserError
+from .atomic import write_bytes_atomic, write_json_atomic
+from .checkpoints import load_checkpoint, save_checkpoint
+from .metrics import read_metrics
+
+STATUSES = ("pending", "running", "done", "failed")
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("EARLYPHASE_HOME") or "earlyphase-store")
+
+
+class Store:
+    """A store root: ``runs/<id>/``, ``masks/<id>.safetensors``, ``experiments/<name>-<id>/``."""
+
+    def __init__(self, root: str | Path | None = None, *, create: bool = True) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        if create:
+            self._ensure_writable()
+
+    def _ensure_writable(self) -> None:
+        try:
+            (self.root / "runs").mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"store directory {self.root} cannot be written ({e.strerror}); "
+                            "pass a writable directory with --store or $EARLYPHASE_HOME") from None
+
+    def run(self, run_id: str) -> "RunDir":
+        return RunDir(self.root / "runs" / run_id)
+
+    def find(self, prefix: str) -> "RunDir":
+        """A run by its id or a unique prefix of it."""
+        runs_dir = self.root / "runs"
+        matches = sorted(p for p in runs_dir.glob(f"{prefix}*") if p.is_dir()) if runs_dir.is_dir() else []
+        if len(matches) != 1:
+            what = "no run" if not matches else f"{len(matches)} runs"
+            raise UserError(f"{what} in {self.root} match {prefix!r}; list runs with `earlyphase ls`")
+        return RunDir(matches[0])
+
+    def runs(self) -> list["RunDir"]:
+        runs_dir = self.root / "runs"
+        if not runs_dir.is_dir():
+            return []
+        return [RunDir(p) for p in sorted(runs_dir.iterdir()) if (p / "spec.json").is_file()]
+
+    # masks are content-addressed, so a mask is stored once however many runs use it
+    def save_mask(self, mask: dict[str, torch.Tensor]) -> str:
+        h = hashlib.sha256()
+        for name in sorted(mask):
+            t = mask[name].detach().to("cpu", torch.bool).contiguous()
+            h.update(name.encode() + str(tuple(t.shape)).encode() + t.numpy().tobytes())
+        mask_id = h.hexdigest()[:16]
+        path = self.root / "masks" / f"{mask_id}.safetensors"
+        if not path.is_file():
+            save_checkpoint(path, {k: v.to(torch.bool) for k, v in mask.items()}, {"kind": "mask"})
+        return mask_id
+
+    def load_mask(self, mask_id: str) -> dict[str, torch.Tensor]:
+        tensors, _ = load_checkpoint(self.root / "masks" / f"{mask_id}.safetensors")
+        return tensors
+
+    def referenced_runs(self) -> set[str]:
+        """Run ids that some experiment lists in its ``runs.json``."""
+        refs: set[str] = set()
+        for f in (self.root / "experiments").glob("*/runs.json"):
+            with contextlib.suppress(OSError, ValueError):
+                refs.update(json.loads(f.read_text()))
+        return refs
+
+
+class RunDir:
+    """One run's directory: spec, status, provenance, checkpoints, metrics."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.id = path.name
+
+    # -- files -------------------------------------------------------------------------------
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.path / "metrics"
+
+    def exists(self) -> bool:
+        return (self.path / "spec.json").is_file()
+
+    def spec(self) -> dict:
+        return self._read_json("spec.json")
+
+    def status(self) -> dict:
+        if not (self.path / "status.json").is_file():
+            return {"status": "pending"}
+        return self._read_json("status.json")
+
+    def provenance(self) -> dict:
+        p = self.path / "provenance.json"
+        return self._read_json("provenance.json") if p.is_file() else {}
+
+    def _read_json(self, name: str) -> dict:
+        try:
+            return json.loads((self.path / name).read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{self.path / name} is unreadable ({e}); the run directory is damaged: "
+                            f"remove {self.path} and run again") from None
+
+    def write_spec(self, spec: dict) -> None:
+        if self.exists():
+            if self.spec() != spec:
+                raise UserError(f"run {self.id} already holds a different spec; the store is inconsistent")
+            return
+        write_bytes_atomic(self.path / "spec.json", (json.dumps(spec, indent=2, sort_keys=True) + "\n").encode())
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        assert status in STATUSES
+        write_json_atomic(self.path / "status.json", {"status": status, "time": time.time(), **extra})
+
+    def write_provenance(self, info: dict) -> None:
+        write_json_atomic(self.path / "provenance.json", info)
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoints_dir / f"{step}.safetensors"
+
+    @property
+    def resume_path(self) -> Path:
+        return self.checkpoints_dir / "resume.safetensors"
+
+    def checkpoint_steps(self) -> list[int]:
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(int(p.stem) for p in self.checkpoints_dir.glob("*.safetensors") if p.stem.isdigit())
+
+    def load(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        return load_checkpoint(self.checkpoint_path(step))
+
+    def metrics(self):
+        return read_metrics(self.metrics_dir)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path)
+
+    # -- locking -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the run's exclusive lock; yields False if ``wait`` is off and another holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    yield False
+                    return
+                raise
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def is_locked(self) -> bool:
+        with self.lock(wait=False) as got:
+            return not got

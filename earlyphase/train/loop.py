@@ -1,0 +1,139 @@
+"""The hot loop: readable top to bottom, no host syncs except at evaluation, checkpoint and
+progress steps, masks applied with fused foreach ops."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+from ..data.base import Dataset
+from ..data.transforms import crop_flip
+from ..store.metrics import Row
+from .data_order import DataOrder
+from .recorders import Recorder
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay, foreach=True)
+
+
+def compute_loss(kind: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy, or the square loss (1/2n) sum_i ||f(x_i) - y_i||^2 (one-hot for class labels)."""
+    if kind == "cross_entropy":
+        return F.cross_entropy(out, y, reduction=reduction)
+    target = y.to(out.dtype).unsqueeze(-1) if y.is_floating_point() else F.one_hot(y, out.shape[-1]).to(out.dtype)
+    per_sample = 0.5 * (out.reshape(target.shape) - target).pow(2).sum(-1)
+    return per_sample.mean() if reduction == "mean" else per_sample.sum()
+
+
+def correct(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if y.is_floating_point():
+        return (torch.sign(out.reshape(y.shape)) == torch.sign(y)).sum()
+    return (out.argmax(-1) == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_kind: str,
+             batch: int) -> tuple[float, float]:
+    """Mean loss and accuracy on a split, in eval mode; one host sync at the end."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    hits = torch.zeros((), device=x.device, dtype=torch.int64)
+    for i in range(0, x.shape[0], batch):
+        out = model(x[i:i + batch])
+        loss_sum += compute_loss(loss_kind, out, y[i:i + batch], reduction="sum").double()
+        hits += correct(out, y[i:i + batch])
+    model.train(was_training)
+    n = max(1, x.shape[0])
+    return float(loss_sum) / n, float(hits) / n
+
+
+@dataclass
+class LoopHooks:
+    """What the loop calls at observation points; the engine supplies these."""
+
+    checkpoint: Callable[[int], None]  # save weights at this step
+    resume: Callable[[int, list[Row]], None]  # save a resume point with the rows so far
+    progress: Callable[[int, torch.Tensor, int, float | None], None] | None = None  # step, loss sum, count, acc
+
+
+@dataclass
+class LoopPlan:
+    start: int
+    end: int
+    checkpoints: set[int]
+    evals: set[int]
+    resume_every: int  # steps between resume checkpoints (one epoch)
+    progress_every: int = 0  # 0 = no progress reads
+    lrs: list[float] = field(default_factory=list)  # lr for steps start..end-1
+
+
+def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, order: DataOrder,
+               cfg: TrainConfig, plan: LoopPlan, hooks: LoopHooks, recorders: list[Recorder],
+               mask: dict[torch.nn.Parameter, torch.Tensor] | None, rows: list[Row], eval_train: bool,
+               eval_batch: int) -> None:
+    masked_params = list(mask) if mask else []
+    masks = [mask[p] for p in masked_params] if mask else []
+    x_train, y_train = data.x_train, data.y_train
+    loss_sum = torch.zeros((), device=x_train.device)
+    loss_count = 0
+    last_acc: float | None = None
+
+    def observe(step: int) -> None:
+        nonlocal last_acc
+        if step in plan.evals:
+            loss, acc = evaluate(model, data.x_test, data.y_test, cfg.loss, eval_batch)
+            rows.extend([(step, "loss", "", "test", loss), (step, "accuracy", "", "test", acc)])
+            last_acc = acc
+            if eval_train:
+                loss, acc = evaluate(model, x_train, y_train, cfg.loss, eval_batch)
+                rows.extend([(step, "loss", "", "train", loss), (step, "accuracy", "", "train", acc)])
+            for r in recorders:
+                rows.extend(r.collect(model, step))
+        if step in plan.checkpoints:
+            hooks.checkpoint(step)
+
+    model.train()
+    for r in recorders:
+        r.start(model, plan.start)
+    if plan.start not in {int(r[0]) for r in rows if r[1] == "loss"}:
+        observe(plan.start)
+    for t in range(plan.start, plan.end):
+        window = order.batch_slice(t)
+        idx = order.perm[window]
+        xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
+        if order.augment:
+            xb = crop_flip(xb, order.dx[window], order.dy[window], order.flip[window], pad=order.pad)
+        lr = plan.lrs[t - plan.start]
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = compute_loss(cfg.loss, model(xb), yb)
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        if masks:
+            torch._foreach_mul_([p.grad for p in masked_params], masks)
+        optimizer.step()
+        if masks:
+            with torch.no_grad():
+                torch._foreach_mul_(masked_params, masks)
+        loss_sum.add_(loss.detach())
+        loss_count += 1
+        step = t + 1
+        for r in recorders:
+            r.after_step(model, step, loss)
+        if step in plan.evals or step in plan.checkpoints:
+            observe(step)
+        if hooks.progress is not None and plan.progress_every and (step % plan.progress_every == 0 or step == plan.end):
+            hooks.progress(step, loss_sum, loss_count, last_acc)
+            loss_sum.zero_()
+            loss_count = 0
+        if step % plan.resume_every == 0 and step < plan.end:
+            hooks.resume(step, rows)
