@@ -127,6 +127,7 @@ class ObserveConfig:
     checkpoints: tuple[str, ...] = ()  # explicit checkpoint steps
     schedule: str = "none"  # none | dense (every step to 100, then 20 per decade) | pow2 (0 and 2^i)
     eval_every: str = ""  # also evaluate every this many steps ("" = at checkpoints and the end only)
+    eval_dense_until: str = ""  # also evaluate at every step up to this one (early-phase statistics)
     eval_train: bool = True  # evaluate on the training split as well as the test split
     eval_batch: int = 2000
     recorders: tuple[str, ...] = ()
@@ -140,6 +141,8 @@ class ObserveConfig:
         _check(self.threads >= 1, f"observe.threads must be >= 1, got {self.threads}")
         _check(self.eval_batch >= 1, f"observe.eval_batch must be >= 1, got {self.eval_batch}")
         object.__setattr__(self, "checkpoints", tuple(_step(c, "observe.checkpoints") for c in self.checkpoints))
+        if self.eval_dense_until:
+            object.__setattr__(self, "eval_dense_until", _step(self.eval_dense_until, "observe.eval_dense_until"))
         if self.eval_every:
             _check(_step(self.eval_every, "observe.eval_every") not in ("0it",),
                    "observe.eval_every must be a positive step, e.g. '100it'")

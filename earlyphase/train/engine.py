@@ -30,7 +30,7 @@ from ..store.metrics import Row, read_rows
 from .data_order import DataOrder
 from .loop import LoopHooks, LoopPlan, make_optimizer, train_loop
 from .progress import ProgressBar
-from .recorders import LearningRateRecorder, build_recorders
+from .recorders import RecordContext, build_recorders
 from .schedules import checkpoint_steps, lr_at
 
 
@@ -69,6 +69,8 @@ class RunPlan:
                             "start earlier or lengthen train.steps")
         ckpts = checkpoint_steps(cfg.observe.checkpoints, cfg.observe.schedule, total, spe, start)
         evals = set(ckpts) | {start, total}
+        if cfg.observe.eval_dense_until:
+            evals.update(range(start, parse_step(cfg.observe.eval_dense_until).to_iterations(spe) + 1))
         if cfg.observe.eval_every:
             every = parse_step(cfg.observe.eval_every).to_iterations(spe)
             if every < 1:
@@ -229,9 +231,19 @@ def _run(cfg: RunConfig, rd: RunDir, store: Store, data: Dataset, plan: RunPlan,
         rd.write_provenance(prov)
 
     recorders = build_recorders(cfg.observe.recorders)
-    for r in recorders:
-        if isinstance(r, LearningRateRecorder):
-            r.lr_fn = lambda s: lr_at(cfg.train, s, plan.spe)
+    theta0 = ({k: v.detach().clone() for k, v in model.state_dict().items()} if start == 0 and recorders else None)
+
+    def initial_state() -> dict[str, torch.Tensor] | None:
+        if theta0 is not None:
+            return theta0
+        for source in (rd, store.run(cfg.start_run) if cfg.start_run else None):
+            if source is not None and 0 in source.checkpoint_steps():
+                return {k: v.to(device) for k, v in split_prefix(source.load(0)[0], "model.").items()}
+        return None
+
+    record_ctx = RecordContext(model=model, start=start, end=plan.total, evals=plan.evals,
+                               prunable=prunable_names(model, cfg.model.prune_output),
+                               initial_state=initial_state, lr_at=lambda s: lr_at(cfg.train, s, plan.spe))
 
     def checkpoint(step: int) -> None:
         if step in existing_ckpts:
@@ -258,7 +270,7 @@ def _run(cfg: RunConfig, rd: RunDir, store: Store, data: Dataset, plan: RunPlan,
     with bar:
         train_loop(model, optimizer, data, order, cfg.train, loop_plan,
                    LoopHooks(checkpoint=checkpoint, resume=resume, progress=bar.update if bar.enabled else None),
-                   recorders, mask, rows, cfg.observe.eval_train, cfg.observe.eval_batch)
+                   recorders, mask, rows, cfg.observe.eval_train, cfg.observe.eval_batch, record_ctx)
 
     if augment:
         old = {(r[0], r[1], r[2], r[3]) for r in rd.metrics().itertuples(index=False)}

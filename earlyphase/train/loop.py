@@ -13,7 +13,7 @@ from ..data.base import Dataset
 from ..data.transforms import crop_flip
 from ..store.metrics import Row
 from .data_order import DataOrder
-from .recorders import Recorder
+from .recorders import RecordContext, Recorder
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -79,7 +79,7 @@ class LoopPlan:
 def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, order: DataOrder,
                cfg: TrainConfig, plan: LoopPlan, hooks: LoopHooks, recorders: list[Recorder],
                mask: dict[torch.nn.Parameter, torch.Tensor] | None, rows: list[Row], eval_train: bool,
-               eval_batch: int) -> None:
+               eval_batch: int, record_ctx: RecordContext | None = None) -> None:
     masked_params = list(mask) if mask else []
     masks = [mask[p] for p in masked_params] if mask else []
     x_train, y_train = data.x_train, data.y_train
@@ -103,7 +103,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: D
 
     model.train()
     for r in recorders:
-        r.start(model, plan.start)
+        r.start(record_ctx)
     if plan.start not in {int(r[0]) for r in rows if r[1] == "loss"}:
         observe(plan.start)
     for t in range(plan.start, plan.end):

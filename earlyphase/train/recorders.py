@@ -2,6 +2,7 @@
 are read back only at evaluation steps, so the hot loop stays free of host syncs."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -10,13 +11,26 @@ from ..errors import UserError
 from ..store.metrics import Row
 
 
+@dataclass
+class RecordContext:
+    """What a recorder may know about the run it observes."""
+
+    model: torch.nn.Module
+    start: int  # first step this process trains from (a resumed run starts late)
+    end: int  # the run's last step T
+    evals: list[int]  # steps at which ``collect`` is called
+    prunable: list[str]  # names of the prunable weights
+    initial_state: Callable[[], dict[str, torch.Tensor] | None] = field(default=lambda: None)  # theta_0, if known
+    lr_at: Callable[[int], float] = field(default=lambda step: float("nan"))
+
+
 class Recorder:
     """Base class: override what you need. ``after_step`` must not sync with the host."""
 
     name = "recorder"
 
-    def start(self, model: torch.nn.Module, step: int) -> None:
-        """Called once before the first step (``step`` is the starting step)."""
+    def start(self, ctx: RecordContext) -> None:
+        """Called once before the first step."""
 
     def after_step(self, model: torch.nn.Module, step: int, loss: torch.Tensor) -> None:
         """Called after the update that ends at ``step`` (the loop's step counter after the update)."""
@@ -31,8 +45,8 @@ class GradNormRecorder(Recorder):
 
     name = "grad_norm"
 
-    def start(self, model: torch.nn.Module, step: int) -> None:
-        self.params = [p for p in model.parameters() if p.requires_grad]
+    def start(self, ctx: RecordContext) -> None:
+        self.params = [p for p in ctx.model.parameters() if p.requires_grad]
         device = self.params[0].device
         self.total = torch.zeros((), device=device)
         self.count = torch.zeros((), device=device)
@@ -57,11 +71,11 @@ class LearningRateRecorder(Recorder):
 
     name = "lr"
 
-    def __init__(self) -> None:
-        self.lr_fn: Callable[[int], float] | None = None
+    def start(self, ctx: RecordContext) -> None:
+        self.lr_fn = ctx.lr_at
 
     def collect(self, model: torch.nn.Module, step: int) -> list[Row]:
-        return [(step, "lr", "", "train", self.lr_fn(step))] if self.lr_fn else []
+        return [(step, "lr", "", "train", self.lr_fn(step))]
 
 
 RECORDERS: dict[str, Callable[[], Recorder]] = {"grad_norm": GradNormRecorder, "lr": LearningRateRecorder}
