@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import RunConfig, load_run_config, to_dict
-from .run import Run
+from .stored_run import Run
 from .store import Store
 from .train.engine import execute
 
@@ -25,3 +25,19 @@ def train(config: RunConfig | dict | str | Path | None = None, *, preset: str | 
         cfg = load_run_config(config, preset=preset, overrides=overrides)
     st = store if isinstance(store, Store) else Store(store)
     return Run(execute(cfg, st, progress=progress))
+
+
+def run(experiment: str, *, preset: str = "laptop", config: str | Path | dict | None = None,
+        overrides: list[str] | tuple[str, ...] = (), store: str | Path | Store | None = None,
+        executor: str = "local", workers: int = 1, address: str | None = None, retry_failed: bool = False,
+        progress: bool = False, **fields):
+    """Run an experiment (training only the runs the store lacks) and return its ``Experiment``:
+    ``.results`` (DataFrame), ``.tables``, ``.check``, ``.figures``, ``.report_path``.
+
+    Keyword ``fields`` set top-level experiment keys, e.g. ``earlyphase.run("rewinding", seeds=2)``.
+    """
+    from .experiments import run_experiment
+
+    return run_experiment(experiment, preset=preset, config=config, overrides=overrides, store=store,
+                          executor=executor, workers=workers, address=address, retry_failed=retry_failed,
+                          progress=progress, **fields)

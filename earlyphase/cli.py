@@ -1,4 +1,4 @@
-"""The ``earlyphase`` command: train, ls, show, query, gc.
+"""The ``earlyphase`` command: train, run, report, demo, ls, show, query, gc.
 
 Every user mistake ends in one line on stderr naming the problem and the fix, and exit code 2."""
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _add_store(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_run_config
-    from .run import Run
+    from .stored_run import Run
     from .train.engine import execute
 
     overrides = list(args.set or [])
@@ -143,6 +143,74 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiments import get_experiment, run_experiment
+    from .experiments.runner import RunsFailed, load_experiment_config
+
+    if args.print_config:
+        import tomli_w
+        from .config import to_dict
+
+        cfg = load_experiment_config(get_experiment(args.experiment), preset=args.preset, config=args.config,
+                                     overrides=args.set or [], seeds=args.seeds)
+        print(tomli_w.dumps(_drop_none(to_dict(cfg))), end="")
+        return 0
+    try:
+        exp = run_experiment(args.experiment, preset=args.preset, config=args.config, overrides=args.set or [],
+                             store=args.store, executor=args.executor, workers=args.workers, address=args.address,
+                             dry_run=args.dry_run, retry_failed=args.retry_failed, progress=not args.quiet,
+                             seeds=args.seeds)
+    except RunsFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if exp is not None:
+        _print_check(exp.name, exp.check)
+        print(exp.path)
+    return 0
+
+
+def _print_check(name: str, check: dict) -> None:
+    verdict = {True: "PASS", False: "FAIL", None: "finding"}[check.get("pass")]
+    print(f"{name}: {verdict} — {check.get('statement', '')}", file=sys.stderr)
+    numbers = {k: v for k, v in check.get("numbers", {}).items() if not isinstance(v, (dict, list))}
+    print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items()),
+          file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .experiments import redraw
+
+    exp = redraw(args.directory, store=args.store)
+    _print_check(exp.name, exp.check)
+    print(exp.report_path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments import run_experiment
+    from .experiments.runner import RunsFailed
+    from .report import write_index
+    from .store import Store
+
+    from .experiments import registry
+
+    store = Store(args.store)
+    names = args.only or list(registry())
+    entries = []
+    try:
+        for name in names:
+            exp = run_experiment(name, preset="laptop", store=store, workers=args.workers, progress=not args.quiet)
+            _print_check(name, exp.check)
+            entries.append({"name": name, "report": exp.report_path, "check": exp.check,
+                            "wall_seconds": exp.check.get("wall_seconds")})
+    except RunsFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    index = write_index(store.root / "index.html", entries)
+    print(index)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -161,6 +229,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_store(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run an experiment (trains only what the store lacks), then report",
+                       description="Plan an experiment's runs, execute the missing ones, analyze, draw figures, "
+                                   "write report.html and check.json. The last line printed is the experiment "
+                                   "directory; the exit code is 0 whether or not the check passed.")
+    p.add_argument("experiment", help="rewinding or early_stats")
+    p.add_argument("--preset", default="laptop", help="laptop (default) or paper")
+    p.add_argument("--config", metavar="FILE.toml", help="experiment config; overrides the preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key, e.g. levels=5 or run.train.lr=0.05")
+    p.add_argument("--seeds", type=int, help="number of seeds (replicates)")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once (processes, or Ray tasks)")
+    p.add_argument("--executor", default="local", help="local (default) or ray")
+    p.add_argument("--address", help="Ray cluster address (with --executor ray); default: a local Ray instance")
+    p.add_argument("--dry-run", action="store_true", help="print the plan: runs, how many stored, time estimate")
+    p.add_argument("--print-config", action="store_true", help="print the resolved experiment config and exit")
+    p.add_argument("--retry-failed", action="store_true", help="train failed runs again")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_store(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="redraw an experiment's figures and report from the store")
+    p.add_argument("directory", help="an experiment directory, <store>/experiments/<name>-<id>")
+    _add_store(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="run every laptop experiment and write index.html linking their reports")
+    p.add_argument("--workers", type=int, default=2, help="runs trained at once (default 2)")
+    p.add_argument("--only", action="append", metavar="EXPERIMENT", help="run only these experiments")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_store(p)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("ls", help="list runs with status and headline metrics")
     _add_store(p)

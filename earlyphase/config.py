@@ -125,7 +125,7 @@ class ObserveConfig:
     """What is recorded and where it runs: none of it changes the trajectory, so none is hashed."""
 
     checkpoints: tuple[str, ...] = ()  # explicit checkpoint steps
-    schedule: str = "none"  # none | dense (every step to 100, then 20 per decade) | pow2 (0 and 2^i)
+    schedule: str = "none"  # none | dense (every step to 100, then 20 per decade) | pow2 (0 and 2^i) | dense+pow2
     eval_every: str = ""  # also evaluate every this many steps ("" = at checkpoints and the end only)
     eval_dense_until: str = ""  # also evaluate at every step up to this one (early-phase statistics)
     eval_train: bool = True  # evaluate on the training split as well as the test split
@@ -136,8 +136,8 @@ class ObserveConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.schedule in ("none", "dense", "pow2"),
-               f"observe.schedule must be 'none', 'dense' or 'pow2', got {self.schedule!r}")
+        _check(all(part in ("none", "dense", "pow2") for part in self.schedule.split("+")),
+               f"observe.schedule must be 'none', 'dense', 'pow2' or 'dense+pow2', got {self.schedule!r}")
         _check(self.threads >= 1, f"observe.threads must be >= 1, got {self.threads}")
         _check(self.eval_batch >= 1, f"observe.eval_batch must be >= 1, got {self.eval_batch}")
         object.__setattr__(self, "checkpoints", tuple(_step(c, "observe.checkpoints") for c in self.checkpoints))
@@ -146,6 +146,36 @@ class ObserveConfig:
         if self.eval_every:
             _check(_step(self.eval_every, "observe.eval_every") not in ("0it",),
                    "observe.eval_every must be a positive step, e.g. '100it'")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """A pruning mask held fixed during a run, named by how it is made so a run's id is known
+    before its parents have trained: IMP level L+1's mask prunes level L's final weights.
+
+    kind = "stored": a mask saved in the store (``id``).
+    kind = "magnitude": remove ``fraction`` of the survivors of run ``from_run``'s own mask,
+    ranked by the magnitude of its final weights, globally or per layer (``scope``); level L keeps
+    round((1 - fraction)^L * N) of the N prunable weights.
+    kind = "random": the per-layer densities of mask ``like``, positions drawn from ``seed``.
+    """
+
+    kind: str = "magnitude"
+    id: str | None = None
+    from_run: str | None = None
+    fraction: float = 0.2
+    scope: str = "global"
+    like: "MaskConfig | None" = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("stored", "magnitude", "random"),
+               f"mask.kind must be 'stored', 'magnitude' or 'random', got {self.kind!r}")
+        _check(0.0 < self.fraction < 1.0, f"pruning fraction must be in (0, 1), got {self.fraction}")
+        _check(self.scope in ("global", "layerwise"), f"mask.scope must be 'global' or 'layerwise', got {self.scope!r}")
+        _check(self.kind != "stored" or self.id is not None, "mask.kind = 'stored' needs mask.id")
+        _check(self.kind != "magnitude" or self.from_run is not None, "mask.kind = 'magnitude' needs mask.from_run")
+        _check(self.kind != "random" or self.like is not None, "mask.kind = 'random' needs mask.like")
 
 
 @dataclass(frozen=True)
@@ -159,7 +189,7 @@ class RunConfig:
     data_seed: int = 0  # draws the data order and augmentation
     start_run: str | None = None  # start from the weights of this run ...
     start_step: str = "0it"  # ... at this step; training resumes the schedule from here
-    mask: str | None = None  # id of a stored mask held fixed during training
+    mask: MaskConfig | None = None  # a pruning mask held fixed during training
     observe: ObserveConfig = field(default_factory=ObserveConfig, metadata=OBSERVE)
 
     def __post_init__(self) -> None:
@@ -242,13 +272,25 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
 def to_dict(cfg: Any, *, hashed_only: bool = False) -> dict:
-    """Plain-JSON form of a config; ``hashed_only`` drops the observe-only fields."""
+    """Plain-JSON form of a config. ``hashed_only`` keeps what determines a trajectory: it drops the
+    observe-only fields and every field at its default, so adding a field with a default later
+    leaves every stored run's id as it was."""
     out = {}
     for f in fields(cfg):
         if hashed_only and f.metadata.get("observe"):
             continue
         v = getattr(cfg, f.name)
+        if hashed_only and v == _default(f):
+            continue
         if dataclasses.is_dataclass(v):
             v = to_dict(v, hashed_only=hashed_only)
         elif isinstance(v, tuple):

@@ -242,7 +242,7 @@ def test_corrupt_checkpoint_via_start_run(ep, store, rid, snapshot, how):
 
 @pytest.mark.parametrize("how", CORRUPTIONS)
 def test_corrupt_checkpoint_via_python_api(store, rid, snapshot, how):
-    from earlyphase.run import Run
+    from earlyphase.stored_run import Run
     from earlyphase.store import Store
 
     ckpt = store / "runs" / rid / "checkpoints" / f"{FINAL}.safetensors"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import earlyphase
-from earlyphase.config import load_run_config, run_id
+from earlyphase.config import MaskConfig, load_run_config, run_id
 from earlyphase.errors import UserError
 from earlyphase.models import build_model, prunable_names
 from earlyphase.store import Store
@@ -117,7 +117,7 @@ def test_masked_weights_stay_exactly_zero(tmp_path):
     params = dict(model.named_parameters())
     mask = {n: torch.rand(params[n].shape, generator=g) < 0.3 for n in prunable_names(model, prune_output=False)}
     mask_id = store.save_mask(mask)
-    run = earlyphase.train(cfg.replace(mask=mask_id), store=store)
+    run = earlyphase.train(cfg.replace(mask=MaskConfig(kind="stored", id=mask_id)), store=store)
     for step in run.checkpoint_steps():
         sd = run.state_dict(step)
         for name, m in mask.items():
@@ -130,7 +130,7 @@ def test_a_mask_for_another_model_is_refused(tmp_path):
     store = Store(tmp_path)
     mask_id = store.save_mask({"net.0.weight": torch.ones(3, 3, dtype=torch.bool)})
     with pytest.raises(UserError, match="does not fit"):
-        earlyphase.train(tiny().replace(mask=mask_id), store=store)
+        earlyphase.train(tiny().replace(mask=MaskConfig(kind="stored", id=mask_id)), store=store)
     assert list((tmp_path / "runs").iterdir()) == []
 
 

@@ -137,18 +137,22 @@ def build_initial_model(cfg: RunConfig, data: Dataset, store: Store) -> torch.nn
 
 
 def load_mask(cfg: RunConfig, model: torch.nn.Module, store: Store) -> dict[torch.nn.Parameter, torch.Tensor] | None:
+    """The run's mask as parameter -> 0/1 tensor, resolved through the store (IMP parents)."""
     if cfg.mask is None:
         return None
-    stored = store.load_mask(cfg.mask)
+    from ..sparsity import resolve_mask
+
     params = dict(model.named_parameters())
+    names = prunable_names(model, prune_output=cfg.model.prune_output)
     allowed = set(prunable_names(model, prune_output=True))
-    mask = {}
-    for name, m in stored.items():
-        if name not in allowed or params[name].shape != m.shape:
-            raise UserError(f"mask {cfg.mask} does not fit model {cfg.model.name} (parameter {name!r}); "
+    if cfg.mask.kind == "stored":
+        names = [n for n in store.load_mask(cfg.mask.id) if n in allowed] or names
+        extra = [n for n in store.load_mask(cfg.mask.id) if n not in allowed]
+        if extra:
+            raise UserError(f"mask {cfg.mask.id} does not fit model {cfg.model.name} (parameter {extra[0]!r}); "
                             "use a mask made for this model")
-        mask[params[name]] = m.to(params[name].device, params[name].dtype)
-    return mask
+    stored = resolve_mask(cfg.mask, store, {n: params[n].shape for n in names})
+    return {params[n]: m.to(params[n].device, params[n].dtype) for n, m in stored.items()}
 
 
 def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> RunDir:
@@ -213,6 +217,12 @@ def _run(cfg: RunConfig, rd: RunDir, store: Store, data: Dataset, plan: RunPlan,
             torch._foreach_mul_(list(mask), list(mask.values()))
     optimizer = make_optimizer(cfg.train, model)
     rows: list[Row] = []
+    if mask:
+        names = {p: n for n, p in model.named_parameters()}
+        dens = {names[p]: float(m.mean()) for p, m in mask.items()}
+        total = sum(m.numel() for m in mask.values())
+        dens[""] = sum(float(m.sum()) for m in mask.values()) / total
+        rows.extend((plan.start, "density", layer, "", value) for layer, value in sorted(dens.items()))
     start = plan.start
     have = _observations(rd)
     existing_ckpts = set(rd.checkpoint_steps())

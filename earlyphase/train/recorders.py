@@ -88,6 +88,9 @@ def register_recorder(name: str, factory: Callable[[], Recorder]) -> None:
 
 def build_recorders(names: tuple[str, ...]) -> list[Recorder]:
     unknown = [n for n in names if n not in RECORDERS]
+    if unknown:  # probes register themselves on import; load them only when asked for
+        import earlyphase.probes.early_stats  # noqa: F401
+        unknown = [n for n in names if n not in RECORDERS]
     if unknown:
         raise UserError(f"unknown recorder {unknown[0]!r}; known: {', '.join(sorted(RECORDERS))}")
     return [RECORDERS[n]() for n in names]

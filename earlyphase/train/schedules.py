@@ -59,9 +59,10 @@ def checkpoint_steps(explicit: tuple[str, ...], schedule: str, total: int, spe: 
     if beyond:
         raise UserError(f"checkpoint step {beyond[0]} is beyond the training length {total}; "
                         "drop it or lengthen train.steps")
-    if schedule == "dense":
+    parts = schedule.split("+")
+    if "dense" in parts:
         steps.update(dense_schedule(total))
-    elif schedule == "pow2":
+    if "pow2" in parts:
         steps.update(pow2_schedule(total))
     steps.add(total)
     return sorted(s for s in steps if s >= start)

@@ -1,0 +1,357 @@
+"""Early-phase statistics of every training step (SPEC §2.3), computed on the device.
+
+``observe.recorders = ["early_stats"]`` records, for every step the process trains (not only at
+evaluation steps), these rows, all with split ``"train"``:
+
+==================  ==============================  ============================================
+name                layer                           value
+==================  ==============================  ============================================
+``grad_norm``       parameter name, or ``""``       L2 norm of the gradient of the update that
+                                                    ended at the step; ``""``: over every
+                                                    parameter with a gradient
+``weight_magnitude`` prunable weight, or ``""``     mean |w|; ``""``: over all prunable weights
+``sign_change``     prunable weight, or ``""``      fraction of weights whose sign differs from
+                                                    θ0 (``torch.sign``, so 0 is a sign of its own)
+``dist_init``       prunable weight, or ``""``      ||w - w0||_2
+``cos_init``        prunable weight, or ``""``      <w, w0> / (||w|| ||w0||)
+``weight_traj``     ``f"{name}[{i}]"``              one sampled prunable weight; ``i`` indexes the
+                                                    parameter flattened row-major
+==================  ==============================  ============================================
+
+The sampled weights are the same in every run of one model: ``n_traj`` (16) flat indices into the
+concatenation of the prunable weights (in ``ctx.prunable`` order), drawn without replacement by a
+``torch.Generator`` seeded with ``traj_seed`` (0).
+
+The step the process starts from (``ctx.start``, step 0 for a fresh run) gets the gradient-free
+statistics of its starting weights, emitted at the first ``collect``, so curves start at the
+beginning. It has no ``grad_norm``: no gradient exists before the first update. (A resumed run that
+already stored its start step, i.e. one whose start is an evaluation step the loop does not observe
+again, does not emit it twice.)
+
+**θ0 unknown.** When ``ctx.initial_state()`` returns None (e.g. a run resumed from a later step
+with no step-0 checkpoint, in the run or in its ``start_run``), ``sign_change``, ``dist_init`` and
+``cos_init`` are not recorded; the other statistics are.
+
+**How it stays cheap.** ``after_step`` only launches device work; it never reads a value back (no
+``.item()``, ``float()`` or branching on tensor values), so it does not sync with the host. The
+tracked tensors (gradients, prunable weights) are packed, each starting on a new row and zero padded,
+into one preallocated 2-D block ``Y`` of rows of ``width`` elements::
+
+    Y = [ gradients G (Rg rows) | weights W (Rw) | W - W0 (Rw) | sign(W), then sign(W) != sign(W0) (Rw) ]
+
+Per step that is 8 ops, whatever the number of layers (small models on a CPU are bound by per-op
+overhead): ``cat`` the gradients into G and ``cat`` the weights into W (through cached views of their
+storage), ``sign``, a row-wise ``vecdot(sign(W), W)`` (the sums of |w|), ``sub`` of θ0, ``ne`` against
+sign(θ0), one row-wise 2-norm of all of Y and one ``index_select`` of the sampled weights; the three
+results are written straight (``out=``) into row ``i`` of a preallocated device buffer (rows = steps
+since the last collect; ``i`` is a Python int). At ``collect`` (one sync) the buffer is copied to the
+host and the row values are summed per layer in float64: squared 2-norms of gradient, weight and
+difference rows give the per-layer norms, of the indicator rows the sign-change counts; cosines come
+from the norms, ``cos = 1 + ((||w|| - ||w0||)^2 - ||w - w0||^2) / (2 ||w|| ||w0||)``, which keeps full
+precision near 1. Without θ0 the ``sub`` and ``ne`` are skipped (6 ops).
+
+The buffer holds the longest stretch between consecutive ``ctx.evals`` (from ``ctx.start`` to
+``ctx.end``), at most ``max_rows`` (4096) to start with; if steps ever outrun it, it doubles on the
+device (an allocation, never a sync).
+
+Caveats: do not ask for ``grad_norm`` and ``early_stats`` in one run; both write (step,
+``grad_norm``, ``""``, ``train``), the former as a mean since the last evaluation. Steps buffered
+since the last evaluation are lost if the process dies; a run resumed from a resume point that was not
+an evaluation step has a gap there (its start step's weight statistics are recorded, not its
+gradient).
+"""
+from __future__ import annotations
+
+import math
+from operator import is_
+
+import numpy as np
+import torch
+
+from ..store.metrics import Row
+from ..train.recorders import Recorder, RecordContext, register_recorder
+
+NAMES = ("grad_norm", "weight_magnitude", "sign_change", "dist_init", "cos_init", "weight_traj")
+
+
+def _memory_order(t: torch.Tensor) -> list[int] | None:
+    """A permutation of ``t``'s dims under which it is contiguous (its memory order), or None."""
+    dims = list(range(t.dim()))
+    if t.is_contiguous():
+        return dims
+    perm = sorted(dims, key=lambda d: t.stride(d), reverse=True)
+    return perm if t.permute(perm).is_contiguous() else None
+
+
+def _flat(t: torch.Tensor, perm: list[int] | None) -> torch.Tensor:
+    """``t`` flattened in memory order (a view of its storage), or logically (a copy) if perm is None."""
+    return t.permute(perm).reshape(-1) if perm is not None else t.reshape(-1)
+
+
+def _position(j: int, shape: tuple[int, ...], perm: list[int] | None) -> int:
+    """Where logical (row-major) flat index ``j`` of a tensor lands in ``_flat(t, perm)``."""
+    if perm is None or not shape:
+        return j
+    coords = np.unravel_index(j, shape)
+    return int(np.ravel_multi_index([coords[d] for d in perm], [shape[d] for d in perm]))
+
+
+class _Packing:
+    """Tensors of the given sizes laid out on rows of ``width``, each starting on a new row."""
+
+    def __init__(self, numels: list[int], width: int) -> None:
+        self.numels = numels
+        self.rows = [-(-n // width) for n in numels]
+        self.starts = np.concatenate([[0], np.cumsum(self.rows)[:-1]]).astype(np.int64) if numels else np.zeros(0, np.int64)
+        self.n_rows = int(sum(self.rows))
+        self.width = width
+
+    def parts(self, flats: list[torch.Tensor], zeros: torch.Tensor) -> list[torch.Tensor]:
+        """``flats`` interleaved with zero pads (views of ``zeros``), ready for ``torch.cat(out=...)``."""
+        out = []
+        for f, n, r in zip(flats, self.numels, self.rows):
+            out.append(f)
+            if r * self.width > n:
+                out.append(zeros[:r * self.width - n])
+        return out
+
+    def per_layer(self, row_values: np.ndarray) -> np.ndarray:
+        """Sum (steps x rows) row values per tensor: (steps x tensors)."""
+        return np.add.reduceat(row_values, self.starts, axis=1) if self.numels else row_values[:, :0]
+
+
+def _width(numels: list[int]) -> int:
+    """Row width: a power of two near total / (2 * tensors), so padding adds at most about half."""
+    if not numels:
+        return 64
+    target = sum(numels) / (2 * len(numels))
+    return int(min(1 << 16, max(64, 1 << max(0, math.ceil(math.log2(max(target, 1)))))))
+
+
+class EarlyStatsRecorder(Recorder):
+    """Per-step gradient norms, weight magnitude, sign changes, distance and cosine to θ0, and
+    weight trajectories (SPEC §2.3); see the module docstring for names, layers and design."""
+
+    name = "early_stats"
+
+    def __init__(self, n_traj: int = 16, traj_seed: int = 0, max_rows: int = 4096) -> None:
+        self.n_traj = n_traj
+        self.traj_seed = traj_seed
+        self.max_rows = max_rows
+
+    # ----------------------------------------------------------------------------------------- setup
+    def start(self, ctx: RecordContext) -> None:
+        model = ctx.model
+        named = dict(model.named_parameters())
+        self.ctx = ctx
+        self.gnames = [n for n, p in named.items() if p.requires_grad and p.numel() > 0]
+        self.gparams = [named[n] for n in self.gnames]
+        self.wnames = [n for n in ctx.prunable if n in named and named[n].numel() > 0]
+        wparams = [named[n] for n in self.wnames]
+        tracked = self.gparams + wparams
+        self.device = tracked[0].device if tracked else torch.device("cpu")
+        self.dtype = torch.float32
+        for p in tracked:
+            self.dtype = torch.promote_types(self.dtype, p.dtype)
+
+        width = _width([p.numel() for p in tracked])
+        self.gpack = _Packing([p.numel() for p in self.gparams], width)
+        self.wpack = _Packing([p.numel() for p in wparams], width)
+        self.wnumel = np.array(self.wpack.numels, dtype=np.float64)
+        theta0 = ctx.initial_state() if wparams else None
+        self.has_init = theta0 is not None and all(n in theta0 for n in self.wnames)
+        rg, rw = self.gpack.n_rows, self.wpack.n_rows
+        n_norm = rg + (3 if self.has_init else 1) * rw  # rows that get a 2-norm: G, W (, D, S)
+        dev, dt = self.device, self.dtype
+        self.zeros = torch.zeros(width, device=dev, dtype=dt)
+        self.Y = torch.zeros(n_norm if self.has_init else n_norm + rw, width, device=dev, dtype=dt)
+        self.yg_flat = self.Y[:rg].view(-1)
+        self.yw = self.Y[rg:rg + rw]
+        self.yw_flat = self.yw.view(-1)
+        self.ys = self.Y[-rw:] if rw else self.Y[:0]  # sign(w), then (with θ0) sign(w) != sign(w0)
+        self.y_norm = self.Y[:n_norm]
+
+        # weights: cached views of the parameters' storage, in memory order
+        self.wperms = [_memory_order(p) for p in wparams]
+        self.wparams = [p.detach() for p in wparams]
+        self.w_dynamic = any(perm is None for perm in self.wperms)
+        self.wparts = self.wpack.parts([_flat(p, perm) for p, perm in zip(self.wparams, self.wperms)], self.zeros)
+        self.gseen: list = [None] * len(self.gparams)
+        self.gpresent: tuple[bool, ...] | None = None
+        self.gparts: list[torch.Tensor] = []
+        self.g_dynamic = False
+
+        if self.has_init:
+            self.yd = self.Y[rg + rw:rg + 2 * rw]
+            flats0 = [_flat(theta0[n].detach().to(dev, dt), perm) for n, perm in zip(self.wnames, self.wperms)]
+            self.z0 = torch.zeros(rw, width, device=dev, dtype=dt)
+            torch.cat(self.wpack.parts(flats0, self.zeros), out=self.z0.view(-1))
+            self.s0 = torch.sign(self.z0)
+            w0_rows = torch.linalg.vector_norm(self.z0, 2, dim=1).to("cpu", torch.float64).numpy()[None]
+            self.w0_norm2 = self.wpack.per_layer(w0_rows ** 2)[0]  # same kernels as the per-step norms
+
+        # trajectory sample: global flat indices over the prunable weights, same for every run of a model
+        total = int(sum(self.wpack.numels))
+        k = min(self.n_traj, total)
+        g = torch.Generator().manual_seed(self.traj_seed)
+        picks = sorted(torch.randperm(total, generator=g)[:k].tolist()) if k else []
+        offsets = np.concatenate([[0], np.cumsum(self.wpack.numels)]) if self.wnames else np.zeros(1)
+        self.traj_layers: list[str] = []
+        positions = []
+        for j in picks:
+            li = int(np.searchsorted(offsets, j, side="right") - 1)
+            local = j - int(offsets[li])
+            self.traj_layers.append(f"{self.wnames[li]}[{local}]")
+            pos = _position(local, tuple(wparams[li].shape), self.wperms[li])
+            positions.append(int(self.wpack.starts[li]) * width + pos)
+        self.tidx = torch.tensor(positions, dtype=torch.long, device=dev)
+
+        # the step buffer: one row per step since the last collect
+        self.c_norm = n_norm
+        self.c_l1 = self.c_norm + rw
+        self.n_cols = self.c_l1 + len(positions)
+        self.cap = self._capacity(ctx)
+        self.buf = torch.zeros(self.cap, self.n_cols, device=dev, dtype=dt)
+        self.outs: list = [None] * self.cap
+        self.steps: list[int] = [0] * self.cap
+        self.gmeta: list = [None] * self.cap
+        self.i = 0
+        self.first_collect = True
+        with torch.no_grad():
+            self._record_weights(0)  # the start step's weights, gradient-free
+        self.steps[0] = ctx.start
+        self.gmeta[0] = None
+        self.i = 1
+
+    def _capacity(self, ctx: RecordContext) -> int:
+        marks = sorted({ctx.start, ctx.end} | {e for e in ctx.evals if ctx.start <= e <= ctx.end})
+        gap = max((b - a for a, b in zip(marks, marks[1:])), default=1)
+        return max(2, min(gap + 1, self.max_rows))
+
+    def _grow(self) -> None:
+        """Double the step buffer on the device (no host sync); only when steps outrun ctx.evals."""
+        new = torch.zeros(2 * self.cap, self.n_cols, device=self.device, dtype=self.dtype)
+        new[:self.cap].copy_(self.buf)
+        self.buf = new
+        self.outs = [None] * (2 * self.cap)
+        self.steps += [0] * self.cap
+        self.gmeta += [None] * self.cap
+        self.cap *= 2
+
+    def _row_outs(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        outs = self.outs[i]
+        if outs is None:
+            row = self.buf[i]
+            outs = self.outs[i] = (row[:self.c_norm], row[self.c_norm:self.c_l1], row[self.c_l1:])
+        return outs
+
+    def _plan_grads(self, grads: list) -> None:
+        """Views of the current gradient tensors (rebuilt only when a ``.grad`` is replaced)."""
+        self.gseen = list(grads)
+        self.gpresent = tuple(g is not None for g in grads)
+        flats = []
+        dynamic = False
+        for g, n in zip(grads, self.gpack.numels):
+            if g is None:
+                flats.append(torch.zeros(n, device=self.device, dtype=self.dtype))
+                continue
+            perm = _memory_order(g)
+            dynamic |= perm is None
+            flats.append(_flat(g, perm))
+        self.g_dynamic = dynamic
+        self.gparts = self.gpack.parts(flats, self.zeros)
+
+    # ----------------------------------------------------------------------------------- per step
+    def _record_weights(self, i: int) -> None:
+        if self.wpack.numels:
+            parts = self.wparts
+            if self.w_dynamic:
+                parts = self.wpack.parts([_flat(p, perm) for p, perm in zip(self.wparams, self.wperms)], self.zeros)
+            torch.cat(parts, out=self.yw_flat)
+        out_norm, out_l1, out_traj = self._row_outs(i)
+        torch.sign(self.yw, out=self.ys)
+        torch.linalg.vecdot(self.ys, self.yw, dim=1, out=out_l1)  # sum |w| = <sign(w), w>
+        if self.has_init:
+            torch.sub(self.yw, self.z0, out=self.yd)
+            torch.ne(self.ys, self.s0, out=self.ys)
+        torch.linalg.vector_norm(self.y_norm, 2, dim=1, out=out_norm)
+        torch.index_select(self.yw_flat, 0, self.tidx, out=out_traj)
+
+    def after_step(self, model: torch.nn.Module, step: int, loss: torch.Tensor) -> None:
+        i = self.i
+        if i == self.cap:
+            self._grow()
+        grads = [p.grad for p in self.gparams]
+        if not all(map(is_, grads, self.gseen)) or self.g_dynamic:
+            self._plan_grads(grads)
+        if self.gparts:
+            torch.cat(self.gparts, out=self.yg_flat)
+        self._record_weights(i)
+        self.steps[i] = step
+        self.gmeta[i] = self.gpresent
+        self.i = i + 1
+
+    # -------------------------------------------------------------------------------- read back
+    def collect(self, model: torch.nn.Module, step: int) -> list[Row]:
+        n = self.i
+        first, self.first_collect = self.first_collect, False
+        if n == 0:
+            return []
+        data = self.buf[:n].to("cpu", torch.float64).numpy()  # the one host sync
+        steps, gmeta = self.steps[:n], self.gmeta[:n]
+        self.i = 0
+        if first and step != self.ctx.start and self.ctx.start in self.ctx.evals:
+            data, steps, gmeta = data[1:], steps[1:], gmeta[1:]  # start step stored by an earlier process
+        if not steps:
+            return []
+        return self._rows(data, steps, gmeta)
+
+    def _rows(self, data: np.ndarray, steps: list[int], gmeta: list) -> list[Row]:
+        rg, rw = self.gpack.n_rows, self.wpack.n_rows
+        sq = data[:, :self.c_norm] ** 2
+        rows: list[Row] = []
+
+        def emit(name: str, layers: list[str], values: np.ndarray, keep: list[bool] | None = None) -> None:
+            for j, (s, vals) in enumerate(zip(steps, values.tolist())):
+                if keep is not None and not keep[j]:
+                    continue
+                rows.extend([(s, name, layer, "train", v) for layer, v in zip(layers, vals)])
+
+        # gradient norms (absent gradients: skipped)
+        g2 = self.gpack.per_layer(sq[:, :rg])
+        if self.gnames:
+            present = np.array([m if m is not None else (False,) * len(self.gnames) for m in gmeta], dtype=bool)
+            has = [m is not None for m in gmeta]
+            gl = np.where(present, np.sqrt(g2), np.nan)
+            gglob = np.sqrt(np.where(present, g2, 0.0).sum(1, keepdims=True))
+            for j, (s, vals) in enumerate(zip(steps, gl.tolist())):
+                if not has[j]:
+                    continue
+                rows.extend([(s, "grad_norm", layer, "train", v) for layer, v, p in
+                             zip(self.gnames, vals, present[j]) if p])
+                rows.append((s, "grad_norm", "", "train", float(gglob[j, 0])))
+        if not self.wnames:
+            return rows
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w2 = self.wpack.per_layer(sq[:, rg:rg + rw])
+            l1 = self.wpack.per_layer(data[:, self.c_norm:self.c_l1])
+            total = self.wnumel.sum()
+            layers = [*self.wnames, ""]
+            emit("weight_magnitude", layers, np.hstack([l1 / self.wnumel, l1.sum(1, keepdims=True) / total]))
+            if self.has_init:
+                d2 = self.wpack.per_layer(sq[:, rg + rw:rg + 2 * rw])
+                cnt = np.rint(self.wpack.per_layer(sq[:, rg + 2 * rw:rg + 3 * rw]))
+                emit("sign_change", layers, np.hstack([cnt / self.wnumel, cnt.sum(1, keepdims=True) / total]))
+                emit("dist_init", layers, np.sqrt(np.hstack([d2, d2.sum(1, keepdims=True)])))
+                w2a = np.hstack([w2, w2.sum(1, keepdims=True)])
+                w02a = np.concatenate([self.w0_norm2, [self.w0_norm2.sum()]])[None]
+                d2a = np.hstack([d2, d2.sum(1, keepdims=True)])
+                w, w0 = np.sqrt(w2a), np.sqrt(w02a)
+                emit("cos_init", layers, 1.0 + ((w - w0) ** 2 - d2a) / (2.0 * w * w0))
+        emit("weight_traj", self.traj_layers, data[:, self.c_l1:])
+        return rows
+
+
+register_recorder("early_stats", EarlyStatsRecorder)
+
+__all__ = ["EarlyStatsRecorder", "NAMES"]

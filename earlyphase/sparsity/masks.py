@@ -1,0 +1,123 @@
+"""Masks are dicts of parameter name -> bool tensor over the prunable weights (True = kept)."""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from ..config import MaskConfig, RunConfig, canonical_json, from_dict, to_dict
+from ..errors import UserError
+from ..store import Store
+from ..store.checkpoints import split_prefix
+
+Mask = dict[str, torch.Tensor]
+
+
+def densities(mask: Mask) -> dict[str, float]:
+    """Fraction kept per layer, and overall under the key ''."""
+    out = {name: float(m.float().mean()) for name, m in mask.items()}
+    total = sum(m.numel() for m in mask.values())
+    out[""] = sum(float(m.sum()) for m in mask.values()) / max(1, total)
+    return out
+
+
+def keep_count(n: int, fraction: float, level: int) -> int:
+    """Level L keeps round((1 - fraction)^L * n) (SPEC §0 "level")."""
+    return int(round((1.0 - fraction) ** level * n))
+
+
+def magnitude_prune(weights: dict[str, torch.Tensor], mask: Mask, fraction: float, level: int,
+                    scope: str = "global") -> Mask:
+    """Keep the largest-magnitude survivors so that ``level`` keeps round((1-f)^L N) weights,
+    ranked across all layers (global) or within each layer (layerwise). Ties break by position."""
+    names = list(mask)
+    if scope == "layerwise":
+        return {n: _top(weights[n].abs().flatten(), mask[n].flatten(), keep_count(mask[n].numel(), fraction, level))
+                .view_as(mask[n]) for n in names}
+    scores = torch.cat([weights[n].abs().flatten().float() for n in names])
+    alive = torch.cat([mask[n].flatten() for n in names])
+    kept = _top(scores, alive, keep_count(alive.numel(), fraction, level))
+    out, i = {}, 0
+    for n in names:
+        k = mask[n].numel()
+        out[n] = kept[i:i + k].view_as(mask[n])
+        i += k
+    return out
+
+
+def _top(scores: torch.Tensor, alive: torch.Tensor, keep: int) -> torch.Tensor:
+    keep = min(keep, int(alive.sum()))
+    ranked = torch.where(alive, scores.double(), torch.tensor(-1.0, dtype=torch.float64))
+    order = torch.argsort(ranked, descending=True, stable=True)
+    kept = torch.zeros_like(alive)
+    kept[order[:keep]] = True
+    return kept
+
+
+def random_like(mask: Mask, seed: int) -> Mask:
+    """A random mask with exactly the per-layer survivor counts of ``mask``."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, m in mask.items():
+        flat = torch.zeros(m.numel(), dtype=torch.bool)
+        flat[torch.randperm(m.numel(), generator=g)[: int(m.sum())]] = True
+        out[name] = flat.view_as(m)
+    return out
+
+
+def _run_config(store: Store, rid: str) -> RunConfig:
+    rd = store.run(rid)
+    if not rd.exists() or rd.status()["status"] != "done":
+        raise UserError(f"the mask needs run {rid}, which is not finished in {store.root}; "
+                        "run the experiment's plan (its parents train first)")
+    return from_dict(RunConfig, rd.spec()["config"])
+
+
+def level_of(mcfg: MaskConfig | None, store: Store) -> int:
+    """IMP level of a mask: 0 for none, parent level + 1 for magnitude, that of ``like`` for random."""
+    if mcfg is None:
+        return 0
+    if mcfg.kind == "magnitude":
+        return 1 + level_of(_run_config(store, mcfg.from_run).mask, store)
+    if mcfg.kind == "random":
+        return level_of(mcfg.like, store)
+    return 0
+
+
+def resolve_mask(mcfg: MaskConfig, store: Store, shapes: dict[str, torch.Size]) -> Mask:
+    """The bool tensors a MaskConfig stands for, for prunable weights of the given shapes.
+    Derived masks are cached in the store under a hash of their config."""
+    if mcfg.kind == "stored":
+        mask = store.load_mask(mcfg.id)
+        _check_fits(mask, shapes, mcfg.id)
+        return mask
+    key = hashlib.sha256((canonical_json(to_dict(mcfg)) + canonical_json(sorted(shapes))).encode()).hexdigest()[:16]
+    cached = store.root / "masks" / f"derived-{key}.safetensors"
+    if cached.is_file():
+        from ..store.checkpoints import load_checkpoint
+
+        return load_checkpoint(cached)[0]
+    if mcfg.kind == "magnitude":
+        parent = _run_config(store, mcfg.from_run)
+        prev = resolve_mask(parent.mask, store, shapes) if parent.mask else {
+            n: torch.ones(s, dtype=torch.bool) for n, s in shapes.items()}
+        rd = store.run(mcfg.from_run)
+        final = max(rd.checkpoint_steps())
+        weights = split_prefix(rd.load(final)[0], "model.")
+        missing = [n for n in shapes if n not in weights]
+        if missing:
+            raise UserError(f"run {mcfg.from_run} has no weight {missing[0]!r}; the mask's parent is another model")
+        mask = magnitude_prune(weights, prev, mcfg.fraction, level_of(mcfg, store), mcfg.scope)
+    else:
+        mask = random_like(resolve_mask(mcfg.like, store, shapes), mcfg.seed)
+    from ..store.checkpoints import save_checkpoint
+
+    save_checkpoint(cached, mask, {"kind": "mask", "config": canonical_json(to_dict(mcfg))})
+    return mask
+
+
+def _check_fits(mask: Mask, shapes: dict[str, torch.Size], mask_id: str) -> None:
+    for name, m in mask.items():
+        if name not in shapes or tuple(shapes[name]) != tuple(m.shape):
+            raise UserError(f"mask {mask_id} does not fit this model (parameter {name!r}); "
+                            "use a mask made for this model")
