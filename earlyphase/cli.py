@@ -172,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_check(name: str, check: dict) -> None:
     verdict = {True: "PASS", False: "FAIL", None: "finding"}[check.get("pass")]
     print(f"{name}: {verdict} — {check.get('statement', '')}", file=sys.stderr)
-    numbers = {k: v for k, v in check.get("numbers", {}).items() if not isinstance(v, (dict, list))}
+    numbers = {k: v for k, v in check.get("numbers", {}).items() if isinstance(v, (int, float)) or v is None}
     print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items()),
           file=sys.stderr)
 
@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Plan an experiment's runs, execute the missing ones, analyze, draw figures, "
                                    "write report.html and check.json. The last line printed is the experiment "
                                    "directory; the exit code is 0 whether or not the check passed.")
-    p.add_argument("experiment", help="rewinding or early_stats")
+    p.add_argument("experiment", help="rewinding, early_stats, perturbations, pretraining, linear_dynamics "
+                                      "or learning_phases")
     p.add_argument("--preset", default="laptop", help="laptop (default) or paper")
     p.add_argument("--config", metavar="FILE.toml", help="experiment config; overrides the preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

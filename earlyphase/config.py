@@ -57,6 +57,7 @@ class DataConfig:
     spectrum: str = "isotropic"  # gaussian covariance: isotropic | power:ALPHA
     num_classes: int = 10  # prototypes
     atypical: float = 0.1  # prototypes: fraction of atypical samples
+    sphere: bool = False  # rescale each input to norm sqrt(d) (after normalize), as SPEC §3.2 needs
 
     def __post_init__(self) -> None:
         _check(self.n_train is None or self.n_train >= 1, f"data.n_train must be >= 1, got {self.n_train}")
@@ -105,6 +106,9 @@ class TrainConfig:
     gamma: float = 0.1  # step decay factor
     warmup: str = "0it"  # linear warmup length
     loss: str = "cross_entropy"  # cross_entropy | square
+    # per-parameter learning-rate factors in named_parameters() order (() = all 1; 0 freezes a
+    # parameter): two_layer's eta1, eta2 for w, v (SPEC §3.1)
+    lr_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.optimizer in ("sgd", "adam"), f"train.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
@@ -115,6 +119,7 @@ class TrainConfig:
         _check(self.schedule in ("constant", "step"), f"train.schedule must be 'constant' or 'step', got {self.schedule!r}")
         _check(self.gamma > 0, f"train.gamma must be > 0, got {self.gamma}")
         _check(self.loss in ("cross_entropy", "square"), f"train.loss must be 'cross_entropy' or 'square', got {self.loss!r}")
+        _check(all(s >= 0 for s in self.lr_scales), f"train.lr_scales must be >= 0, got {list(self.lr_scales)}")
         object.__setattr__(self, "steps", _step(self.steps, "train.steps"))
         object.__setattr__(self, "warmup", _step(self.warmup, "train.warmup"))
         object.__setattr__(self, "milestones", tuple(_step(m, "train.milestones") for m in self.milestones))
@@ -179,6 +184,27 @@ class MaskConfig:
 
 
 @dataclass(frozen=True)
+class PerturbConfig:
+    """A perturbation of the starting weights' survivors (SPEC §2.4), applied once before training.
+
+    kind: sign_k_mag_0 | sign_k_mag_fresh | sign_0_mag_k | permute | noise.
+    """
+
+    kind: str = "noise"
+    scope: str = "layer"  # permute: global | layer | filter
+    same_sign: bool = False  # permute only among values of equal sign
+    scale: float = 1.0  # noise: std in units of the layer's initialization std
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        kinds = ("sign_k_mag_0", "sign_k_mag_fresh", "sign_0_mag_k", "permute", "noise")
+        _check(self.kind in kinds, f"perturb.kind must be one of {', '.join(kinds)}, got {self.kind!r}")
+        _check(self.scope in ("global", "layer", "filter"),
+               f"perturb.scope must be global, layer or filter, got {self.scope!r}")
+        _check(self.scale >= 0, f"perturb.scale must be >= 0, got {self.scale}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that determines one training run, plus what is observed of it."""
 
@@ -190,6 +216,9 @@ class RunConfig:
     start_run: str | None = None  # start from the weights of this run ...
     start_step: str = "0it"  # ... at this step; training resumes the schedule from here
     mask: MaskConfig | None = None  # a pruning mask held fixed during training
+    perturb: PerturbConfig | None = None  # perturb the starting weights' survivors once, before training
+    restart_schedule: bool = False  # start at step 0 from start_run's weights (pre-training), not at start_step
+    start_reinit_head: bool = False  # keep this run's freshly drawn output layer (the class count changed)
     observe: ObserveConfig = field(default_factory=ObserveConfig, metadata=OBSERVE)
 
     def __post_init__(self) -> None:

@@ -117,6 +117,12 @@ def test_unanswered_address_fails_fast():
         make_executor("ray", address="ray://127.0.0.1:1")
 
 
+def test_auto_address_checks_ray_address(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(UserError, match=r"Ray address auto \(127\.0\.0\.1:1 from \$RAY_ADDRESS\) does not answer"):
+        RayExecutor(address="auto", connect_timeout=1)
+
+
 def test_malformed_address_is_a_user_error():
     with pytest.raises(UserError, match="not host:port"):
         RayExecutor(address="somewhere")

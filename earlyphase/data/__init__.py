@@ -2,7 +2,7 @@
 order, so a DataConfig always gives the same tensors.
 
 Order: source -> ``classes`` subset -> ``n_train``/``n_test`` cap -> ``rotation`` task -> ``blur`` ->
-``normalize`` -> ``color_dominance``/``energy_half`` labels (computed on the normalized inputs, what the
+``normalize`` -> ``sphere`` -> ``color_dominance``/``energy_half`` labels (computed on the normalized inputs, what the
 network sees, as the paper's code does) -> ``label_noise`` -> ``targets``.
 
 The cap keeps the first n samples of each split (no reshuffle: the sources are already in random
@@ -48,6 +48,14 @@ def _cap(x: torch.Tensor, y: torch.Tensor, n: int | None, key: str, name: str, s
     return x[:n], y[:n]
 
 
+def to_sphere(x: torch.Tensor) -> torch.Tensor:
+    """Each sample rescaled to norm sqrt(d), d its number of entries (SPEC §3.2: the linear model's
+    constant terms are constants only on that sphere)."""
+    flat = x.flatten(1)
+    norm = flat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    return (flat * (flat.shape[1] ** 0.5 / norm)).reshape(x.shape)
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     """The dataset a DataConfig describes, on the CPU."""
     if cfg.name not in SOURCES:
@@ -74,6 +82,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     x_tr, x_te = blur(x_tr, cfg.blur), blur(x_te, cfg.blur)
     if cfg.normalize:
         x_tr, x_te = normalize(x_tr, x_te)
+    if cfg.sphere:
+        x_tr, x_te = to_sphere(x_tr), to_sphere(x_te)
     if cfg.task in ("color_dominance", "energy_half"):
         relabel = color_dominance if cfg.task == "color_dominance" else energy_half
         y_tr, n_cls = relabel(x_tr)

@@ -47,16 +47,20 @@ def check_address(address: str, timeout: float) -> None:
     hp = host_port(address)
     if hp is None:
         return
+    label = address if address != "auto" else f"auto ({hp[0]}:{hp[1]} from $RAY_ADDRESS)"
     try:
         socket.create_connection(hp, timeout=timeout).close()
     except OSError:
-        raise UserError(f"Ray address {address} does not answer within {timeout:g} s; "
+        raise UserError(f"Ray address {label} does not answer within {timeout:g} s; "
                         "start the cluster (ray start --head) or drop --address") from None
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:300]}"
+    """An exception (and the one that caused it: Ray's ConnectionError hides the reason there) on one line."""
+    text = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    if e.__cause__ is not None:
+        text += f" ({type(e.__cause__).__name__}: {' '.join(str(e.__cause__).split())})"
+    return text[:400]
 
 
 class RayExecutor:

@@ -96,7 +96,7 @@ class EarlyStats(ExperimentDef):
         from ..report import log_step_axis, new_figure, save_figure
 
         res, stats, traj, final = tables["results"], tables["statistics"], tables["trajectories"], tables["to_final"]
-        fig, axes = new_figure(ncols=3, nrows=3, width=15, height=11)
+        fig, axes = new_figure(ncols=3, nrows=3, width=5, height=3.6)
         axes = np.asarray(axes).ravel()
         panels = [("accuracy", [("accuracy_test", "test"), ("accuracy_train", "train")]),
                   ("loss", [("loss_test", "test"), ("loss_train", "train")])]

@@ -15,6 +15,7 @@ from ..errors import UserError
 from .cnn1d import build_cnn1d
 from .conv import build_conv
 from .mlp import build_mlp, build_lenet_300_100
+from .ntk_nets import build_cnn_ntk, build_fc_ntk
 from .resnet import build_resnet
 from .two_layer import TwoLayer, activation_fn, build_two_layer
 from .vgg import build_vgg8_phases, build_vgg_cifar
@@ -35,6 +36,8 @@ _BUILDERS: dict[str, Builder] = {
     "vgg_cifar_16": build_vgg_cifar,
     "vgg8_phases": build_vgg8_phases,
     "two_layer": build_two_layer,
+    "fc_ntk": build_fc_ntk,
+    "cnn_ntk": build_cnn_ntk,
 }
 MODELS: list[str] = list(_BUILDERS)
 

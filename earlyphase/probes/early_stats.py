@@ -134,15 +134,17 @@ class EarlyStatsRecorder(Recorder):
 
     name = "early_stats"
 
-    def __init__(self, n_traj: int = 16, traj_seed: int = 0, max_rows: int = 4096) -> None:
+    def __init__(self, n_traj: int = 16, traj_seed: int = 0, max_rows: int = 4096, batch: int = 64,
+                 snapshot_elements: int = 1 << 22) -> None:
         self.n_traj = n_traj
         self.traj_seed = traj_seed
-        self.max_rows = max_rows
+        self.max_rows = max_rows  # result rows allocated up front (more are added by doubling)
+        self.batch = batch  # at most this many snapshots between batched reductions ...
+        self.snapshot_elements = snapshot_elements  # ... and at most about this many elements held
 
     # ----------------------------------------------------------------------------------------- setup
     def start(self, ctx: RecordContext) -> None:
-        model = ctx.model
-        named = dict(model.named_parameters())
+        named = dict(ctx.model.named_parameters())
         self.ctx = ctx
         self.gnames = [n for n, p in named.items() if p.requires_grad and p.numel() > 0]
         self.gparams = [named[n] for n in self.gnames]
@@ -153,42 +155,40 @@ class EarlyStatsRecorder(Recorder):
         self.dtype = torch.float32
         for p in tracked:
             self.dtype = torch.promote_types(self.dtype, p.dtype)
+        dev, dt = self.device, self.dtype
 
         width = _width([p.numel() for p in tracked])
         self.gpack = _Packing([p.numel() for p in self.gparams], width)
         self.wpack = _Packing([p.numel() for p in wparams], width)
         self.wnumel = np.array(self.wpack.numels, dtype=np.float64)
-        theta0 = ctx.initial_state() if wparams else None
-        self.has_init = theta0 is not None and all(n in theta0 for n in self.wnames)
         rg, rw = self.gpack.n_rows, self.wpack.n_rows
-        n_norm = rg + (3 if self.has_init else 1) * rw  # rows that get a 2-norm: G, W (, D, S)
-        dev, dt = self.device, self.dtype
         self.zeros = torch.zeros(width, device=dev, dtype=dt)
-        self.Y = torch.zeros(n_norm if self.has_init else n_norm + rw, width, device=dev, dtype=dt)
-        self.yg_flat = self.Y[:rg].view(-1)
-        self.yw = self.Y[rg:rg + rw]
-        self.yw_flat = self.yw.view(-1)
-        self.ys = self.Y[-rw:] if rw else self.Y[:0]  # sign(w), then (with θ0) sign(w) != sign(w0)
-        self.y_norm = self.Y[:n_norm]
+
+        # snapshots: one (rg + rw) x width block per step, [gradients | prunable weights]
+        self.k_max = max(1, min(self.batch, self.snapshot_elements // max(1, (rg + rw) * width)))
+        self.snap = torch.zeros(self.k_max, rg + rw, width, device=dev, dtype=dt)
+        self.snap_flat = [self.snap[k].view(-1) for k in range(self.k_max)]
+        self.k = 0  # snapshots taken since the last reduction
 
         # weights: cached views of the parameters' storage, in memory order
         self.wperms = [_memory_order(p) for p in wparams]
         self.wparams = [p.detach() for p in wparams]
         self.w_dynamic = any(perm is None for perm in self.wperms)
         self.wparts = self.wpack.parts([_flat(p, perm) for p, perm in zip(self.wparams, self.wperms)], self.zeros)
-        self.gseen: list = [None] * len(self.gparams)
-        self.gpresent: tuple[bool, ...] | None = None
-        self.gparts: list[torch.Tensor] = []
         self.g_dynamic = False
+        self._plan([p.grad for p in self.gparams])
 
+        theta0 = ctx.initial_state() if wparams else None
+        self.has_init = theta0 is not None and all(n in theta0 for n in self.wnames)
         if self.has_init:
-            self.yd = self.Y[rg + rw:rg + 2 * rw]
             flats0 = [_flat(theta0[n].detach().to(dev, dt), perm) for n, perm in zip(self.wnames, self.wperms)]
             self.z0 = torch.zeros(rw, width, device=dev, dtype=dt)
             torch.cat(self.wpack.parts(flats0, self.zeros), out=self.z0.view(-1))
             self.s0 = torch.sign(self.z0)
             w0_rows = torch.linalg.vector_norm(self.z0, 2, dim=1).to("cpu", torch.float64).numpy()[None]
             self.w0_norm2 = self.wpack.per_layer(w0_rows ** 2)[0]  # same kernels as the per-step norms
+        self.tmp_a = torch.zeros(self.k_max, rw, width, device=dev, dtype=dt)  # w - w0, then sign(w)
+        self.tmp_b = torch.zeros(self.k_max, rw, width, device=dev, dtype=torch.bool)
 
         # trajectory sample: global flat indices over the prunable weights, same for every run of a model
         total = int(sum(self.wpack.numels))
@@ -202,51 +202,41 @@ class EarlyStatsRecorder(Recorder):
             li = int(np.searchsorted(offsets, j, side="right") - 1)
             local = j - int(offsets[li])
             self.traj_layers.append(f"{self.wnames[li]}[{local}]")
-            pos = _position(local, tuple(wparams[li].shape), self.wperms[li])
-            positions.append(int(self.wpack.starts[li]) * width + pos)
+            positions.append(int(self.wpack.starts[li]) * width + _position(local, tuple(wparams[li].shape),
+                                                                             self.wperms[li]))
         self.tidx = torch.tensor(positions, dtype=torch.long, device=dev)
 
-        # the step buffer: one row per step since the last collect
-        self.c_norm = n_norm
-        self.c_l1 = self.c_norm + rw
+        # results: one row per step since the last collect
+        #   [2-norms of the G and W rows | (2-norms of the W - W0 rows | sign-change counts) | sums |w| | traj]
+        self.c_norm = rg + rw
+        self.c_init = self.c_norm + (2 * rw if self.has_init else 0)
+        self.c_l1 = self.c_init + rw
         self.n_cols = self.c_l1 + len(positions)
         self.cap = self._capacity(ctx)
-        self.buf = torch.zeros(self.cap, self.n_cols, device=dev, dtype=dt)
-        self.outs: list = [None] * self.cap
-        self.steps: list[int] = [0] * self.cap
-        self.gmeta: list = [None] * self.cap
-        self.i = 0
+        self.res = torch.zeros(self.cap, self.n_cols, device=dev, dtype=dt)
+        self.j = 0  # result rows written
+        self.steps: list[int] = []
+        self.gmeta: list = []
         self.first_collect = True
-        with torch.no_grad():
-            self._record_weights(0)  # the start step's weights, gradient-free
-        self.steps[0] = ctx.start
-        self.gmeta[0] = None
-        self.i = 1
+        # the start step: its weights, no gradient
+        self.snap[0, :rg].zero_()
+        if rw:
+            torch.cat(self.wparts if not self.w_dynamic else self._weight_parts(), out=self.snap[0, rg:].view(-1))
+        self.steps.append(ctx.start)
+        self.gmeta.append(None)
+        self.k = 1
 
     def _capacity(self, ctx: RecordContext) -> int:
         marks = sorted({ctx.start, ctx.end} | {e for e in ctx.evals if ctx.start <= e <= ctx.end})
         gap = max((b - a for a, b in zip(marks, marks[1:])), default=1)
         return max(2, min(gap + 1, self.max_rows))
 
-    def _grow(self) -> None:
-        """Double the step buffer on the device (no host sync); only when steps outrun ctx.evals."""
-        new = torch.zeros(2 * self.cap, self.n_cols, device=self.device, dtype=self.dtype)
-        new[:self.cap].copy_(self.buf)
-        self.buf = new
-        self.outs = [None] * (2 * self.cap)
-        self.steps += [0] * self.cap
-        self.gmeta += [None] * self.cap
-        self.cap *= 2
+    def _weight_parts(self) -> list[torch.Tensor]:
+        return self.wpack.parts([_flat(p, perm) for p, perm in zip(self.wparams, self.wperms)], self.zeros)
 
-    def _row_outs(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        outs = self.outs[i]
-        if outs is None:
-            row = self.buf[i]
-            outs = self.outs[i] = (row[:self.c_norm], row[self.c_norm:self.c_l1], row[self.c_l1:])
-        return outs
-
-    def _plan_grads(self, grads: list) -> None:
-        """Views of the current gradient tensors (rebuilt only when a ``.grad`` is replaced)."""
+    def _plan(self, grads: list) -> None:
+        """The ``cat`` inputs: views of the current gradients and weights (rebuilt when a ``.grad`` is
+        replaced, or every step for tensors that have no flat view)."""
         self.gseen = list(grads)
         self.gpresent = tuple(g is not None for g in grads)
         flats = []
@@ -259,47 +249,63 @@ class EarlyStatsRecorder(Recorder):
             dynamic |= perm is None
             flats.append(_flat(g, perm))
         self.g_dynamic = dynamic
-        self.gparts = self.gpack.parts(flats, self.zeros)
+        wparts = self._weight_parts() if self.w_dynamic else self.wparts
+        self.parts = self.gpack.parts(flats, self.zeros) + wparts
 
     # ----------------------------------------------------------------------------------- per step
-    def _record_weights(self, i: int) -> None:
-        if self.wpack.numels:
-            parts = self.wparts
-            if self.w_dynamic:
-                parts = self.wpack.parts([_flat(p, perm) for p, perm in zip(self.wparams, self.wperms)], self.zeros)
-            torch.cat(parts, out=self.yw_flat)
-        out_norm, out_l1, out_traj = self._row_outs(i)
-        torch.sign(self.yw, out=self.ys)
-        torch.linalg.vecdot(self.ys, self.yw, dim=1, out=out_l1)  # sum |w| = <sign(w), w>
-        if self.has_init:
-            torch.sub(self.yw, self.z0, out=self.yd)
-            torch.ne(self.ys, self.s0, out=self.ys)
-        torch.linalg.vector_norm(self.y_norm, 2, dim=1, out=out_norm)
-        torch.index_select(self.yw_flat, 0, self.tidx, out=out_traj)
-
     def after_step(self, model: torch.nn.Module, step: int, loss: torch.Tensor) -> None:
-        i = self.i
-        if i == self.cap:
-            self._grow()
         grads = [p.grad for p in self.gparams]
-        if not all(map(is_, grads, self.gseen)) or self.g_dynamic:
-            self._plan_grads(grads)
-        if self.gparts:
-            torch.cat(self.gparts, out=self.yg_flat)
-        self._record_weights(i)
-        self.steps[i] = step
-        self.gmeta[i] = self.gpresent
-        self.i = i + 1
+        if self.g_dynamic or self.w_dynamic or not all(map(is_, grads, self.gseen)):
+            self._plan(grads)
+        if self.parts:
+            torch.cat(self.parts, out=self.snap_flat[self.k])  # the step's one op: a snapshot
+        self.steps.append(step)
+        self.gmeta.append(self.gpresent)
+        self.k += 1
+        if self.k == self.k_max:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        """Statistics of the pending snapshots, batched, into the result rows (device ops only)."""
+        k, j = self.k, self.j
+        if k == 0:
+            return
+        if j + k > self.cap:
+            self._grow(j + k)
+        rg = self.gpack.n_rows
+        x = self.snap[:k]
+        w = x[:, rg:]
+        out = []
+        out.append(torch.linalg.vector_norm(x, 2, dim=2))  # k x (rg + rw)
+        if self.has_init:
+            d = torch.sub(w, self.z0, out=self.tmp_a[:k])
+            out.append(torch.linalg.vector_norm(d, 2, dim=2))
+            s = torch.sign(w, out=self.tmp_a[:k])
+            out.append(torch.ne(s, self.s0, out=self.tmp_b[:k]).sum(2, dtype=self.dtype))
+        else:
+            s = torch.sign(w, out=self.tmp_a[:k])
+        out.append(torch.linalg.vecdot(s, w, dim=2))  # sums of |w| = <sign(w), w>
+        out.append(w.reshape(k, -1).index_select(1, self.tidx))
+        torch.cat(out, dim=1, out=self.res[j:j + k])
+        self.j, self.k = j + k, 0
+
+    def _grow(self, need: int) -> None:
+        """More result rows, on the device (no host sync); only when steps outrun ctx.evals."""
+        cap = max(need, 2 * self.cap)
+        new = torch.zeros(cap, self.n_cols, device=self.device, dtype=self.dtype)
+        new[:self.j].copy_(self.res[:self.j])
+        self.res, self.cap = new, cap
 
     # -------------------------------------------------------------------------------- read back
     def collect(self, model: torch.nn.Module, step: int) -> list[Row]:
-        n = self.i
         first, self.first_collect = self.first_collect, False
+        self._reduce()
+        n = self.j
         if n == 0:
             return []
-        data = self.buf[:n].to("cpu", torch.float64).numpy()  # the one host sync
-        steps, gmeta = self.steps[:n], self.gmeta[:n]
-        self.i = 0
+        data = self.res[:n].to("cpu", torch.float64).numpy()  # the one host sync
+        steps, gmeta = self.steps, self.gmeta
+        self.j, self.steps, self.gmeta = 0, [], []
         if first and step != self.ctx.start and self.ctx.start in self.ctx.evals:
             data, steps, gmeta = data[1:], steps[1:], gmeta[1:]  # start step stored by an earlier process
         if not steps:
@@ -308,45 +314,40 @@ class EarlyStatsRecorder(Recorder):
 
     def _rows(self, data: np.ndarray, steps: list[int], gmeta: list) -> list[Row]:
         rg, rw = self.gpack.n_rows, self.wpack.n_rows
-        sq = data[:, :self.c_norm] ** 2
         rows: list[Row] = []
 
-        def emit(name: str, layers: list[str], values: np.ndarray, keep: list[bool] | None = None) -> None:
-            for j, (s, vals) in enumerate(zip(steps, values.tolist())):
-                if keep is not None and not keep[j]:
-                    continue
+        def emit(name: str, layers: list[str], values: np.ndarray) -> None:
+            for s, vals in zip(steps, values.tolist()):
                 rows.extend([(s, name, layer, "train", v) for layer, v in zip(layers, vals)])
 
-        # gradient norms (absent gradients: skipped)
-        g2 = self.gpack.per_layer(sq[:, :rg])
+        # gradient norms (absent gradients: skipped; the start step has none)
         if self.gnames:
+            g2 = self.gpack.per_layer(data[:, :rg] ** 2)
             present = np.array([m if m is not None else (False,) * len(self.gnames) for m in gmeta], dtype=bool)
-            has = [m is not None for m in gmeta]
-            gl = np.where(present, np.sqrt(g2), np.nan)
-            gglob = np.sqrt(np.where(present, g2, 0.0).sum(1, keepdims=True))
+            gl = np.sqrt(g2)
+            gglob = np.sqrt(np.where(present, g2, 0.0).sum(1))
             for j, (s, vals) in enumerate(zip(steps, gl.tolist())):
-                if not has[j]:
+                if gmeta[j] is None:
                     continue
                 rows.extend([(s, "grad_norm", layer, "train", v) for layer, v, p in
                              zip(self.gnames, vals, present[j]) if p])
-                rows.append((s, "grad_norm", "", "train", float(gglob[j, 0])))
+                rows.append((s, "grad_norm", "", "train", float(gglob[j])))
         if not self.wnames:
             return rows
         with np.errstate(divide="ignore", invalid="ignore"):
-            w2 = self.wpack.per_layer(sq[:, rg:rg + rw])
-            l1 = self.wpack.per_layer(data[:, self.c_norm:self.c_l1])
+            w2 = self.wpack.per_layer(data[:, rg:rg + rw] ** 2)
+            l1 = self.wpack.per_layer(data[:, self.c_init:self.c_l1])
             total = self.wnumel.sum()
             layers = [*self.wnames, ""]
             emit("weight_magnitude", layers, np.hstack([l1 / self.wnumel, l1.sum(1, keepdims=True) / total]))
             if self.has_init:
-                d2 = self.wpack.per_layer(sq[:, rg + rw:rg + 2 * rw])
-                cnt = np.rint(self.wpack.per_layer(sq[:, rg + 2 * rw:rg + 3 * rw]))
+                d2 = self.wpack.per_layer(data[:, self.c_norm:self.c_norm + rw] ** 2)
+                cnt = self.wpack.per_layer(np.rint(data[:, self.c_norm + rw:self.c_init]))
                 emit("sign_change", layers, np.hstack([cnt / self.wnumel, cnt.sum(1, keepdims=True) / total]))
-                emit("dist_init", layers, np.sqrt(np.hstack([d2, d2.sum(1, keepdims=True)])))
-                w2a = np.hstack([w2, w2.sum(1, keepdims=True)])
-                w02a = np.concatenate([self.w0_norm2, [self.w0_norm2.sum()]])[None]
                 d2a = np.hstack([d2, d2.sum(1, keepdims=True)])
-                w, w0 = np.sqrt(w2a), np.sqrt(w02a)
+                emit("dist_init", layers, np.sqrt(d2a))
+                w = np.sqrt(np.hstack([w2, w2.sum(1, keepdims=True)]))
+                w0 = np.sqrt(np.concatenate([self.w0_norm2, [self.w0_norm2.sum()]]))[None]
                 emit("cos_init", layers, 1.0 + ((w - w0) ** 2 - d2a) / (2.0 * w * w0))
         emit("weight_traj", self.traj_layers, data[:, self.c_l1:])
         return rows

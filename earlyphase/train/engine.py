@@ -61,7 +61,7 @@ class RunPlan:
         batch = n_train if cfg.train.full_batch else cfg.train.batch_size
         spe = steps_per_epoch(n_train, batch)
         total = parse_step(cfg.train.steps).to_iterations(spe)
-        start = parse_step(cfg.start_step).to_iterations(spe)
+        start = 0 if cfg.restart_schedule else parse_step(cfg.start_step).to_iterations(spe)
         if total < 1:
             raise UserError(f"train.steps = {cfg.train.steps!r} is no training at all; ask for at least 1it")
         if start > total:
@@ -126,14 +126,29 @@ def build_initial_model(cfg: RunConfig, data: Dataset, store: Store) -> torch.nn
         model = build_model(cfg.model, data.input_shape, data.out_dim)
     if cfg.start_run is not None:
         parent = store.run(cfg.start_run)
-        spe = steps_per_epoch(data.n_train, data.n_train if cfg.train.full_batch else cfg.train.batch_size)
-        step = parse_step(cfg.start_step).to_iterations(spe)
+        step = _parent_step(cfg, store)
         if step not in parent.checkpoint_steps():
             raise UserError(f"run {cfg.start_run} has no checkpoint at step {step}; train it with that "
                             "checkpoint first (observe.checkpoints)")
-        tensors, _ = parent.load(step)
-        load_model_state(model, split_prefix(tensors, "model."), parent.checkpoint_path(step))
+        state = split_prefix(parent.load(step)[0], "model.")
+        if cfg.start_reinit_head:  # a new task's head, drawn from the initializer with this run's seed
+            head = model.output_layer
+            own = model.state_dict()
+            state = {k: (own[k] if k == head or k.startswith(f"{head}.") else state.get(k)) for k in own}
+        load_model_state(model, state, parent.checkpoint_path(step))
     return model
+
+
+def _parent_step(cfg: RunConfig, store: Store) -> int:
+    """start_step in the start run's own steps-per-epoch (its data may differ: pre-training)."""
+    st = parse_step(cfg.start_step)
+    if st.epochs == 0:
+        return st.iterations
+    from ..config import RunConfig as _RC, from_dict
+
+    pcfg = from_dict(_RC, store.run(cfg.start_run).spec()["config"])
+    n = load_dataset(pcfg.data).n_train
+    return st.to_iterations(steps_per_epoch(n, n if pcfg.train.full_batch else pcfg.train.batch_size))
 
 
 def load_mask(cfg: RunConfig, model: torch.nn.Module, store: Store) -> dict[torch.nn.Parameter, torch.Tensor] | None:
@@ -193,6 +208,31 @@ def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> Ru
     return rd
 
 
+def _perturb(cfg: RunConfig, model: torch.nn.Module, mask: dict | None, data: Dataset, store: Store) -> float:
+    """Perturb the starting weights' survivors in place (SPEC §2.4); returns the effective std."""
+    from .. import perturb as P
+
+    p = cfg.perturb
+    params = dict(model.named_parameters())
+    names = {id(t): n for n, t in params.items()}
+    survivors = ({names[id(t)]: m.bool() for t, m in mask.items()} if mask else
+                 {n: torch.ones_like(params[n], dtype=torch.bool) for n in prunable_names(model, cfg.model.prune_output)})
+    weights = {n: params[n].detach().cpu().clone() for n in survivors}
+    theta0 = None
+    if cfg.start_run is not None and 0 in store.run(cfg.start_run).checkpoint_steps():
+        theta0 = split_prefix(store.run(cfg.start_run).load(0)[0], "model.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1_000_003 + p.seed)
+        fresh = dict(build_model(cfg.model, data.input_shape, data.out_dim).named_parameters())
+    new = P.apply(p.kind, weights, {n: m.cpu() for n, m in survivors.items()}, theta0=theta0,
+                  fresh={n: t.detach() for n, t in fresh.items()}, scope=p.scope, same_sign=p.same_sign,
+                  scale=p.scale, seed=p.seed)
+    with torch.no_grad():
+        for n, t in new.items():
+            params[n].copy_(t.to(params[n].device))
+    return P.effective_std(new, weights, {n: m.cpu() for n, m in survivors.items()})
+
+
 def _validate(cfg: RunConfig, data: Dataset, store: Store) -> None:
     """Build what the run needs once before touching the store, so bad input leaves no trace."""
     model = build_initial_model(cfg, data, store)
@@ -212,6 +252,7 @@ def _run(cfg: RunConfig, rd: RunDir, store: Store, data: Dataset, plan: RunPlan,
     t_begin = time.time()
     model = build_initial_model(cfg, data, store).to(device)
     mask = load_mask(cfg, model, store)
+    eff_std = _perturb(cfg, model, mask, data, store) if cfg.perturb is not None else None
     if mask:
         with torch.no_grad():
             torch._foreach_mul_(list(mask), list(mask.values()))
@@ -223,6 +264,8 @@ def _run(cfg: RunConfig, rd: RunDir, store: Store, data: Dataset, plan: RunPlan,
         total = sum(m.numel() for m in mask.values())
         dens[""] = sum(float(m.sum()) for m in mask.values()) / total
         rows.extend((plan.start, "density", layer, "", value) for layer, value in sorted(dens.items()))
+    if eff_std is not None:
+        rows.append((plan.start, "effective_std", "", "", eff_std))
     start = plan.start
     have = _observations(rd)
     existing_ckpts = set(rd.checkpoint_steps())
@@ -253,7 +296,8 @@ def _run(cfg: RunConfig, rd: RunDir, store: Store, data: Dataset, plan: RunPlan,
 
     record_ctx = RecordContext(model=model, start=start, end=plan.total, evals=plan.evals,
                                prunable=prunable_names(model, cfg.model.prune_output),
-                               initial_state=initial_state, lr_at=lambda s: lr_at(cfg.train, s, plan.spe))
+                               initial_state=initial_state, lr_at=lambda s: lr_at(cfg.train, s, plan.spe),
+                               data=data, config=cfg)
 
     def checkpoint(step: int) -> None:
         if step in existing_ckpts:

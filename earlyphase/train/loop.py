@@ -11,13 +11,26 @@ import torch.nn.functional as F
 from ..config import TrainConfig
 from ..data.base import Dataset
 from ..data.transforms import crop_flip
+from ..errors import UserError
 from ..store.metrics import Row
 from .data_order import DataOrder
 from .recorders import RecordContext, Recorder
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """With ``cfg.lr_scales`` each parameter gets its own group whose lr is the schedule's times its
+    factor (the loop reads ``lr_scale``); a factor of 0 freezes the parameter (requires_grad off, so
+    its gradient is never computed)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.lr_scales:
+        named = list(model.named_parameters())
+        if len(named) != len(cfg.lr_scales):
+            raise UserError(f"train.lr_scales has {len(cfg.lr_scales)} factors but the model has {len(named)} "
+                            f"parameters ({', '.join(n for n, _ in named)}); give one per parameter, in that order")
+        for (_, p), scale in zip(named, cfg.lr_scales):
+            if scale == 0:
+                p.requires_grad_(False)
+        params = [{"params": [p], "lr_scale": s} for (_, p), s in zip(named, cfg.lr_scales) if s > 0 and p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=True)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
@@ -114,7 +127,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: D
             xb = crop_flip(xb, order.dx[window], order.dy[window], order.flip[window], pad=order.pad)
         lr = plan.lrs[t - plan.start]
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = compute_loss(cfg.loss, model(xb), yb)
         optimizer.zero_grad(set_to_none=False)
         loss.backward()

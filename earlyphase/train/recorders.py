@@ -3,7 +3,7 @@ are read back only at evaluation steps, so the hot loop stays free of host syncs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -22,6 +22,8 @@ class RecordContext:
     prunable: list[str]  # names of the prunable weights
     initial_state: Callable[[], dict[str, torch.Tensor] | None] = field(default=lambda: None)  # theta_0, if known
     lr_at: Callable[[int], float] = field(default=lambda step: float("nan"))
+    data: Any = None  # the run's Dataset (on the device), for probes that evaluate on it
+    config: Any = None  # the run's RunConfig
 
 
 class Recorder:
