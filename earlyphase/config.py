@@ -82,10 +82,12 @@ class ModelConfig:
     activation: str = "relu"  # mlp / two_layer
     symmetric: bool = True  # two_layer: two halves with opposite second layers, so f0 = 0
     prune_output: bool = False  # whether the output layer's weight is prunable
+    channels: tuple[int, ...] = ()  # vgg8_phases block channels; empty = the paper's 32-64-128-256-512
 
     def __post_init__(self) -> None:
         _check(all(w >= 1 for w in self.widths), f"model.widths must be positive, got {list(self.widths)}")
         _check(self.width >= 1, f"model.width must be >= 1, got {self.width}")
+        _check(all(c >= 1 for c in self.channels), f"model.channels must be positive, got {list(self.channels)}")
 
 
 @dataclass(frozen=True)
@@ -309,19 +311,19 @@ def _default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-def to_dict(cfg: Any, *, hashed_only: bool = False) -> dict:
-    """Plain-JSON form of a config. ``hashed_only`` keeps what determines a trajectory: it drops the
-    observe-only fields and every field at its default, so adding a field with a default later
-    leaves every stored run's id as it was."""
+def to_dict(cfg: Any, *, hashed_only: bool = False, trajectory: bool = False) -> dict:
+    """Plain-JSON form of a config. ``trajectory`` drops the observe-only fields; ``hashed_only``
+    also drops every field at its default, so adding a field with a default later leaves every
+    stored run's id as it was."""
     out = {}
     for f in fields(cfg):
-        if hashed_only and f.metadata.get("observe"):
+        if (hashed_only or trajectory) and f.metadata.get("observe"):
             continue
         v = getattr(cfg, f.name)
         if hashed_only and v == _default(f):
             continue
         if dataclasses.is_dataclass(v):
-            v = to_dict(v, hashed_only=hashed_only)
+            v = to_dict(v, hashed_only=hashed_only, trajectory=trajectory)
         elif isinstance(v, tuple):
             v = list(v)
         out[f.name] = v

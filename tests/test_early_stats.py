@@ -149,20 +149,29 @@ def test_after_step_never_syncs(monkeypatch, tmp_path):
     r = earlyphase.train(tiny_config(steps=12, checkpoints=()), store=Store(tmp_path))
     assert calls == list(range(1, 13))
     assert series(r.metrics(), "dist_init", "").index.tolist() == list(range(13))
+    # the batched reductions run inside after_step too (every `batch` steps): guarded as well
+    reduced = []
+    reduce = EarlyStatsRecorder._reduce
+    monkeypatch.setattr(EarlyStatsRecorder, "_reduce", lambda self: reduced.append(self.k) or reduce(self))
+    calls.clear()
+    rows, _ = drive(steps=9, evals=(0, 9), batch=2)
+    assert calls == list(range(1, 10)) and len(reduced) >= 5
+    assert sorted({s for s, name, layer, _, _ in rows if name == "cos_init" and layer == ""}) == list(range(10))
 
 
 def drive(*, steps: int = 6, start: int = 0, evals: tuple[int, ...] = (0, 6), initial: bool = True,
-          max_rows: int = 4096, n_traj: int = 16, observe_start: bool = True):
+          max_rows: int = 4096, n_traj: int = 16, observe_start: bool = True, batch: int = 64):
     """Train a small MLP by hand, calling the recorder as the loop does; returns rows and what was seen."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
     theta0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ctx = RecordContext(model=model, start=start, end=steps, evals=list(evals), prunable=["0.weight", "2.weight"],
                         initial_state=(lambda: theta0) if initial else (lambda: None))
-    rec = EarlyStatsRecorder(max_rows=max_rows, n_traj=n_traj)
+    rec = EarlyStatsRecorder(max_rows=max_rows, n_traj=n_traj, batch=batch)
     rec.start(ctx)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     rows, grads = [], {}
+    weights = {start: {n: p.detach().clone() for n, p in model.named_parameters()}}
     if start in evals and observe_start:
         rows += rec.collect(model, start)
     for t in range(start, steps):
@@ -171,9 +180,11 @@ def drive(*, steps: int = 6, start: int = 0, evals: tuple[int, ...] = (0, 6), in
         loss.backward()
         opt.step()
         grads[t + 1] = {n: p.grad.norm().item() for n, p in model.named_parameters()}
+        weights[t + 1] = {n: p.detach().clone() for n, p in model.named_parameters()}
         rec.after_step(model, t + 1, loss.detach())
         if t + 1 in evals:
             rows += rec.collect(model, t + 1)
+    drive.weights, drive.theta0 = weights, theta0
     return rows, grads
 
 
@@ -181,8 +192,9 @@ def by_key(rows):
     return {(s, name, layer): v for s, name, layer, _, v in rows}
 
 
-def test_gradient_norms_and_a_buffer_that_outgrows_its_plan():
-    rows, grads = drive(steps=9, evals=(0, 9), max_rows=2)  # the buffer starts at 2 rows and must double
+@pytest.mark.parametrize("batch", [64, 4])
+def test_gradient_norms_and_a_buffer_that_outgrows_its_plan(batch):
+    rows, grads = drive(steps=9, evals=(0, 9), max_rows=2, batch=batch)  # 2 result rows to start with: must grow
     got = by_key(rows)
     for step, norms in grads.items():
         for layer, value in norms.items():
@@ -210,3 +222,22 @@ def test_observe_recorders_finds_the_probe_without_an_import():
             "print(type(build_recorders(('early_stats',))[0]).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "EarlyStatsRecorder"
+
+
+def test_batched_reductions_match_a_recomputation_at_every_step():
+    rows, _ = drive(steps=11, evals=(0, 5, 11), batch=3)  # reductions inside after_step and at collect
+    got = by_key(rows)
+    w0 = drive.theta0
+    for step, w in drive.weights.items():
+        for n in ("0.weight", "2.weight"):
+            a, b = w[n].double(), w0[n].double()
+            assert got[(step, "weight_magnitude", n)] == pytest.approx(a.abs().mean().item(), rel=1e-5)
+            assert got[(step, "dist_init", n)] == pytest.approx((a - b).norm().item(), rel=1e-5, abs=1e-6)
+            assert got[(step, "cos_init", n)] == pytest.approx((a @ b.T).trace().item() / (a.norm() * b.norm()).item(),
+                                                               rel=1e-6)
+            assert got[(step, "sign_change", n)] == (torch.sign(a) != torch.sign(b)).double().mean().item()
+        traj = [(layer, v) for (s, name, layer), v in got.items() if s == step and name == "weight_traj"]
+        assert len(traj) == 16
+        for layer, v in traj:
+            n, j = layer[:-1].split("[")
+            assert v == w[n].reshape(-1)[int(j)].item()

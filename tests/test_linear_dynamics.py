@@ -12,9 +12,9 @@ from earlyphase.data import load_dataset
 from earlyphase.probes.linear_model import KernelGD, LinearKernel, fit_kernel, spectral_norm
 from earlyphase.store import Store
 
-TINY = ["run.data.dim=50", "run.data.n_train=300", "run.data.n_test=200", "run.model.width=1000",
+TINY = ["run.data.dim=50", "run.data.n_train=240", "run.data.n_test=200", "run.model.width=1000",
         'run.train.steps="60it"', 'run.observe.eval_dense_until="5it"', 'run.observe.eval_every="10it"',
-        "run.observe.threads=1", "sweep_widths=[200, 400]", 'image_steps="10it"', "image_n_test=60"]
+        "run.observe.threads=1", "sweep_widths=[200]", 'image_steps="10it"', "image_n_test=60"]
 
 
 @pytest.fixture(autouse=True)

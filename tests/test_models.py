@@ -30,6 +30,8 @@ COUNTS = {
     "vgg_cifar_16": 14_724_042,  # 14.7M
     "vgg8_phases": 1_574_698,
     "two_layer": 220_000,
+    "fc_ntk": 2_102_272,  # 3072*512 + 2*512*512 + 512*10, no biases
+    "cnn_ntk": 76_096,  # 3*64*9 + 2*64*64*9 + 64*10, no biases
 }
 NO_FORWARD = {"vgg_cifar_11", "vgg_cifar_13", "vgg_cifar_16"}  # big: count only
 

@@ -13,7 +13,7 @@ from .gaussian import part_generator
 DEFAULT_N_TRAIN, DEFAULT_N_TEST = 5000, 1000
 TYPICAL_NOISE = 0.3  # norm of the noise added to a typical sample (prototypes have norm 1)
 ATYPICAL_SIGNAL = 0.2  # an atypical sample keeps this much of its prototype ...
-ATYPICAL_NOISE = 1.0  # ... plus noise of this norm
+ATYPICAL_NOISE = 2.0  # ... plus noise of this norm (2.0: phase 3 rises >2 % in 4096 steps, tests/test_learning_phases.py)
 
 
 def prototypes(num_classes: int, dim: int, seed: int) -> torch.Tensor:

@@ -162,6 +162,7 @@ class LinearDynamics(ExperimentDef):
             traj.append(t)
             if labels["kind"] == "main" and labels["seed"] == 0:
                 o = m[m.name.isin(["out_net", "out_lin"])]
+                o = o[o.step.isin(scatter_steps(sorted(o.step.unique())))]
                 o = o.pivot_table(index=["step", "layer"], columns="name", values="value").reset_index()
                 outs.append(o.rename(columns={"layer": "index"}))
         results = pd.concat(traj, ignore_index=True) if traj else pd.DataFrame()
@@ -190,20 +191,20 @@ class LinearDynamics(ExperimentDef):
                 ax.set_xscale("log")
                 ax.set_xlabel("step")
                 ax.set_ylabel("square loss")
-                ax.set_title(f"{g.kind.iloc[0]}: {g.variant.iloc[0]} ({g.model.iloc[0]})")
+                ax.set_title(g.variant.iloc[0] if g.kind.iloc[0] == "image" else f"{g.variant.iloc[0]} ({g.model.iloc[0]})")
                 ax.legend()
             paths += save_figure(fig, directory, "losses")
             fig, axes = new_figure(ncols=2, width=4.6, height=3.4)
             for rid, g in groups:
                 g = g[g.step > 0]
-                label = f"{g.variant.iloc[0]} ({g.model.iloc[0]})"
+                label = g.variant.iloc[0] if g.kind.iloc[0] == "image" else f"{g.variant.iloc[0]} ({g.model.iloc[0]})"
                 axes[0].plot(g.step, g.gap_rel, label=label)
                 axes[1].plot(g.step, g.gap_mse, label=label)
             axes[0].axhline(cfg.gap_threshold, color="grey", ls=":", label=f"threshold {cfg.gap_threshold}")
             for _, s in summary[summary.seed == 0].iterrows():
                 if np.isfinite(s.t90):
                     axes[0].axvline(s.t90, color="grey", ls="--", lw=0.7)
-            axes[0].set_title("RMS(f_net − f_lin) / RMS(f_lin), test (dashed: 90 % of the linear model's reduction)")
+            axes[0].set_title("RMS(f_net − f_lin) / RMS(f_lin) on test (dashed: t90)")
             axes[1].set_title("mean squared gap of test outputs")
             for ax in axes:
                 ax.set_xscale("log")
@@ -212,9 +213,7 @@ class LinearDynamics(ExperimentDef):
                 ax.legend()
             paths += save_figure(fig, directory, "gap")
         if len(outs):
-            steps = sorted(outs.step.unique())
-            steps = [s for s in steps if s > 0]
-            pick = sorted({steps[int(round(q * (len(steps) - 1)))] for q in (0.3, 0.6, 0.8, 1.0)}) if steps else []
+            pick = [s for s in sorted(outs.step.unique()) if s > 0]
             fig, axes = new_figure(ncols=max(1, len(pick)), width=3.2, height=3.2)
             for ax, s in zip(np.atleast_1d(axes), pick):
                 o = outs[outs.step == s]
@@ -253,6 +252,16 @@ class LinearDynamics(ExperimentDef):
                    "ntk_fit_residual_offdiag": float(r.ntk_fit_residual),
                    "final_agreement": float(r.final_agreement)}
         return Check(STATEMENT, passed, numbers)
+
+
+def scatter_steps(steps: list[int]) -> list[int]:
+    """Step 0 (both outputs exactly 0) and four recorded steps spread over the run on a log scale."""
+    pos = [s for s in steps if s > 0]
+    if not pos:
+        return list(steps)
+    logs = np.log(pos)
+    want = [logs[0] + q * (logs[-1] - logs[0]) for q in (0.25, 0.5, 0.75, 1.0)]
+    return sorted({0, *(pos[int(np.argmin(np.abs(logs - w)))] for w in want)} & {*steps, 0})
 
 
 def summarize(g: pd.DataFrame, threshold: float) -> dict:

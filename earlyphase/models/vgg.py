@@ -61,10 +61,10 @@ class VGG8Phases(nn.Module):
     output_layer: str = "fc"
     penultimate: str = "pool"
 
-    def __init__(self, in_channels: int, out_dim: int) -> None:
+    def __init__(self, in_channels: int, out_dim: int, channels: tuple[int, ...] = PHASES_CHANNELS) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
-        for cout in PHASES_CHANNELS:
+        for cout in channels:
             blocks.append(conv_bn_relu(in_channels, cout, stride=2))
             in_channels = cout
         self.blocks = nn.Sequential(*blocks)
@@ -80,6 +80,7 @@ def build_vgg_cifar(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int
 
 
 def build_vgg8_phases(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int) -> VGG8Phases:
-    """Any image size works: stride-2 convs with padding 1 never shrink below 1x1."""
+    """Any image size works: stride-2 convs with padding 1 never shrink below 1x1. ``model.channels``
+    narrows or widens the blocks (a laptop-sized V8 on 8x8 digits), one block per entry."""
     channels, _, _ = image_shape(cfg.name, input_shape)
-    return VGG8Phases(channels, out_dim)
+    return VGG8Phases(channels, out_dim, tuple(cfg.channels) or PHASES_CHANNELS)

@@ -2,3 +2,5 @@
 Hessian subspace, mode connectivity (DESIGN.md "Layout")."""
 
 from . import linear_model  # noqa: E402,F401  registers the ``linear_dynamics`` recorder
+
+from .phases import DEFAULT_DELTA, Phases, detect_phases  # noqa: E402,F401  SPEC §4.2

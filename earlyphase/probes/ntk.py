@@ -121,9 +121,8 @@ def _generic_factors(model: nn.Module, x: torch.Tensor, scales: dict[str, float]
     handles = [mod.register_forward_hook(hook) for mod in modules]
     try:
         with torch.enable_grad():
-            leaf = {n: p.requires_grad_(True) if n not in owner else p for n, p in params.items()}
             xg = x.detach().requires_grad_(True)  # so every layer output is part of the graph
-            f = torch.func.functional_call(model, leaf, (xg,))
+            f = torch.func.functional_call(model, params, (xg,))
             _check_scalar(f)
             outs = [captured[mod][1] for mod in modules]
             grads = dict(zip(modules, torch.autograd.grad(f.sum(), outs))) if outs else {}
@@ -205,7 +204,7 @@ def _factors(model: nn.Module, x: torch.Tensor, scales: dict[str, float]) -> _Fa
 
 @torch.no_grad()
 def empirical_ntk(model: nn.Module, x: torch.Tensor, *, scales: dict[str, float] | None = None,
-                  chunk: int = 256, budget_bytes: int | None = None) -> torch.Tensor:
+                  chunk: int = 512, budget_bytes: int | None = None) -> torch.Tensor:
     """Theta (n x n, in the model's dtype) on inputs ``x``, with parameter ``p``'s block weighted by
     ``scales[p]`` (default 1; 0 leaves it out: per-layer learning rates give the kernel of gradient
     descent as sum_p eta_p Theta_p)."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ridge import Moments, fit_ridge
+from .ridge import Moments, _centred, fit_ridge
 from .checkpoint_probes import holdout_mask
 
 
@@ -41,7 +41,12 @@ def ridge_decoder(a_train: torch.Tensor, x_train: torch.Tensor, a_test: torch.Te
         fit.add(a[~h], y[~h])
         held.add(a[h], y[h])
     (r,) = fit_ridge([fit], [held] if hold.any() else None, [slice(0, y_train.shape[1])])
-    return DecoderResult(_mse(r.predict, a_train, y_train, chunk), _mse(r.predict, a_test, y_test, chunk))
+    # the training error from the sums, no second pass over the training rows: with centred moments
+    # and (Cxx + λ) W = Cxy, Σ residual² = Cyy - Σ W∘Cxy - λ‖W‖² per column
+    _, _, _, _, cxy, cyy = _centred([fit + held])
+    w = r.weight.to(torch.float64)
+    train = float((cyy[0] - (w * cxy[0]).sum(0) - r.lam * (w * w).sum(0)).sum()) / y_train.numel()
+    return DecoderResult(train, _mse(r.predict, a_test, y_test, chunk))
 
 
 def _mse(predict, a: torch.Tensor, y: torch.Tensor, chunk: int) -> float:

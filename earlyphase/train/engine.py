@@ -185,7 +185,7 @@ def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> Ru
         plan = RunPlan.of(cfg, data.n_train)
         _validate(cfg, data, store)
         with rd.lock():
-            spec = {"kind": "train", "run_id": rid, "config": to_dict(cfg, hashed_only=True)}
+            spec = {"kind": "train", "run_id": rid, "config": to_dict(cfg, trajectory=True)}
             rd.write_spec(spec)
             write_bytes_atomic(rd.path / "n_train", str(data.n_train).encode())
             status = rd.status()["status"]

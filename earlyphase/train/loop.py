@@ -119,10 +119,19 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: D
         r.start(record_ctx)
     if plan.start not in {int(r[0]) for r in rows if r[1] == "loss"}:
         observe(plan.start)
+    # batches are gathered into buffers allocated once (the last batch of an epoch may be shorter)
+    whole_batch = not order.shuffle and order.batch == order.n
+    x_buf = x_train.new_empty((0 if whole_batch else order.batch, *x_train.shape[1:]))
+    y_buf = y_train.new_empty((0 if whole_batch else order.batch, *y_train.shape[1:]))
     for t in range(plan.start, plan.end):
         window = order.batch_slice(t)
         idx = order.perm[window]
-        xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
+        n = window.stop - window.start
+        if whole_batch:  # full-batch gradient descent: the data itself, no gather
+            xb, yb = x_train, y_train
+        else:
+            xb = torch.index_select(x_train, 0, idx, out=x_buf[:n])
+            yb = torch.index_select(y_train, 0, idx, out=y_buf[:n])
         if order.augment:
             xb = crop_flip(xb, order.dx[window], order.dy[window], order.flip[window], pad=order.pad)
         lr = plan.lrs[t - plan.start]
