@@ -23,6 +23,24 @@ class ExecutionReport:
         return not self.failed and not self.blocked
 
 
+def blocked(graph: RunGraph, rid: str, report: ExecutionReport) -> bool:
+    """A run whose parent failed (or is blocked) cannot start: record it as blocked."""
+    if any(p in report.failed or p in report.blocked for p in graph.parents(rid)):
+        report.blocked.append(rid)
+        return True
+    return False
+
+
+def record(report: ExecutionReport, rid: str, error: str | None, *, before: str) -> None:
+    """File a finished run under failed, found (it was stored) or trained."""
+    if error is not None:
+        report.failed[rid] = error
+    elif before == "done":
+        report.found.append(rid)
+    else:
+        report.trained.append(rid)
+
+
 def stored_status(store: Store, rid: str) -> str:
     rd = store.run(rid)
     return rd.status()["status"] if rd.exists() else "pending"

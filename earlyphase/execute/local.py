@@ -9,7 +9,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from ..store import Store
-from .base import ExecutionReport, check_graph, encode, run_one, stored_status, threads_per_worker, with_threads
+from .base import ExecutionReport, blocked, check_graph, record, encode, run_one, stored_status, threads_per_worker, with_threads
 from .graph import RunGraph
 from .progress import SweepProgress
 
@@ -35,32 +35,16 @@ class LocalExecutor:
             bar.advance(len(graph) - len(pending))
             if self.workers == 1:
                 for rid in pending:
-                    if self._blocked(graph, rid, report):
+                    if blocked(graph, rid, report):
                         bar.advance(1)
                         continue
                     before = stored_status(store, rid)
                     _, error = run_one(encode(with_threads(graph.nodes[rid], threads)), str(store.root))
-                    self._finish(report, bar, rid, error, before=before)
+                    record(report, rid, error, before=before)
+                    bar.advance(1)
             else:
                 self._pool(graph, store, pending, done, report, bar, threads)
         return report
-
-    @staticmethod
-    def _blocked(graph: RunGraph, rid: str, report: ExecutionReport) -> bool:
-        if any(p in report.failed or p in report.blocked for p in graph.parents(rid)):
-            report.blocked.append(rid)
-            return True
-        return False
-
-    @staticmethod
-    def _finish(report: ExecutionReport, bar: SweepProgress, rid: str, error: str | None, *, before: str) -> None:
-        if error is not None:
-            report.failed[rid] = error
-        elif before == "done":
-            report.found.append(rid)
-        else:
-            report.trained.append(rid)
-        bar.advance(1)
 
     def _pool(self, graph: RunGraph, store: Store, pending: list[str], done: set[str], report: ExecutionReport,
               bar: SweepProgress, threads: int) -> None:
@@ -72,7 +56,7 @@ class LocalExecutor:
                 for rid in list(waiting):
                     if len(running) >= self.workers:
                         break
-                    if self._blocked(graph, rid, report):
+                    if blocked(graph, rid, report):
                         waiting.remove(rid)
                         bar.advance(1)
                         continue
@@ -87,6 +71,7 @@ class LocalExecutor:
                 for fut in finished:
                     rid, before = running.pop(fut)
                     _, error = fut.result()
-                    self._finish(report, bar, rid, error, before=before)
+                    record(report, rid, error, before=before)
+                    bar.advance(1)
                     if error is None:
                         done.add(rid)

@@ -14,7 +14,7 @@ import socket
 
 from ..errors import UserError
 from ..store import Store
-from .base import ExecutionReport, check_graph, encode, run_one, stored_status, with_threads
+from .base import ExecutionReport, blocked, check_graph, encode, record, run_one, stored_status, with_threads
 from .graph import RunGraph
 from .progress import SweepProgress
 
@@ -130,7 +130,8 @@ class RayExecutor:
                     # nothing to train, so no Ray start: the engine's cheap path finds each run here
                     for rid, before in pending.items():
                         _, error = run_one(encode(with_threads(graph.nodes[rid], None)), str(store.root))
-                        self._finish(report, bar, rid, error, before=before)
+                        record(report, rid, error, before=before)
+                        bar.advance(1)
                 else:
                     self._connect()
                     self._schedule(graph, store, pending, report, bar)
@@ -150,8 +151,9 @@ class RayExecutor:
                 for rid in list(waiting):
                     if self.workers and len(running) >= self.workers:
                         break
-                    if self._blocked(graph, rid, report, bar):
+                    if blocked(graph, rid, report):
                         waiting.remove(rid)
+                        bar.advance(1)
                     elif graph.parents(rid) <= done:
                         waiting.remove(rid)
                         running[task.remote(encode(with_threads(graph.nodes[rid], 1)), str(store.root))] = rid
@@ -166,28 +168,11 @@ class RayExecutor:
                         _, error = ray.get(ref)
                     except Exception as e:  # the worker died (killed, out of memory): the run resumes next time
                         error = _one_line(e)
-                    self._finish(report, bar, rid, error, before=pending[rid])
+                    record(report, rid, error, before=pending[rid])
+                    bar.advance(1)
                     if error is None:
                         done.add(rid)
         finally:
             for ref in running:  # interrupted: stop the runs in flight; each resumes from its last checkpoint
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
-
-    @staticmethod
-    def _blocked(graph: RunGraph, rid: str, report: ExecutionReport, bar: SweepProgress) -> bool:
-        if any(p in report.failed or p in report.blocked for p in graph.parents(rid)):
-            report.blocked.append(rid)
-            bar.advance(1)
-            return True
-        return False
-
-    @staticmethod
-    def _finish(report: ExecutionReport, bar: SweepProgress, rid: str, error: str | None, *, before: str) -> None:
-        if error is not None:
-            report.failed[rid] = error
-        elif before == "done":
-            report.found.append(rid)
-        else:
-            report.trained.append(rid)
-        bar.advance(1)

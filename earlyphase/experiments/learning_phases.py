@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..steps import parse_step, steps_per_epoch
 from ..store import Store
 from ..store.atomic import write_bytes_atomic
+from ..threads import pinned_threads
 from ..train.schedules import checkpoint_steps
 from .base import Check, ExperimentDef, Plan
 
@@ -132,27 +133,12 @@ def probe_run(cfg: LearningPhasesConfig, store: Store, rid: str, rcfg: RunConfig
     cache = store.run(rid).path / f"probes-{_probe_key(cfg, layers, steps)}.csv"
     if cache.is_file():
         return pd.read_csv(cache, keep_default_na=False, na_values=[""])
-    with _threads(rcfg.observe.threads):
+    with pinned_threads(rcfg.observe.threads):
         df = _probe(cfg, run, rcfg, source, (y_tr, y_te, k), layers, steps)
     df["target"] = target_name
     df["penultimate"] = df.layer == penultimate
     write_bytes_atomic(cache, df.to_csv(index=False).encode())
     return df
-
-
-class _threads:
-    """Pin torch's thread count while probing: measured on a shared 2-core machine, multi-threaded
-    LAPACK under oversubscription was up to 50x slower than one thread."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __enter__(self) -> None:
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.before)
 
 
 def _probe(cfg: LearningPhasesConfig, run, rcfg: RunConfig, source, target, layers: list[str], steps: list[int]) -> pd.DataFrame:

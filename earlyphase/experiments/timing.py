@@ -8,13 +8,12 @@ import torch
 from ..config import RunConfig
 from ..data.base import Dataset
 from ..models import build_model
+from ..threads import pinned_threads
 from ..train.loop import compute_loss, make_optimizer
 
 
 def seconds_per_step(cfg: RunConfig, data: Dataset, steps: int = 20) -> float:
-    before = torch.get_num_threads()
-    torch.set_num_threads(cfg.observe.threads)
-    try:
+    with pinned_threads(cfg.observe.threads):
         torch.manual_seed(0)
         model = build_model(cfg.model, data.input_shape, data.out_dim)
         opt = make_optimizer(cfg.train, model)
@@ -28,5 +27,3 @@ def seconds_per_step(cfg: RunConfig, data: Dataset, steps: int = 20) -> float:
             loss.backward()
             opt.step()
         return (time.perf_counter() - t) / steps
-    finally:
-        torch.set_num_threads(before)

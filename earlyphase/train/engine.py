@@ -23,6 +23,7 @@ from ..data.base import Dataset
 from ..errors import UserError
 from ..models import build_model, prunable_names
 from ..steps import parse_step, steps_per_epoch
+from ..threads import pinned_threads
 from ..store import RunDir, Store, load_checkpoint, load_model_state, save_checkpoint, write_metrics
 from ..store.atomic import write_bytes_atomic, write_json_atomic
 from ..store.checkpoints import split_prefix
@@ -105,20 +106,6 @@ def _provenance(data: Dataset, device: torch.device, threads: int) -> dict:
             "platform": platform.platform()}
 
 
-class _ThreadPin:
-    """Pin torch's thread count for the run, and restore it after (a notebook keeps its setting)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __enter__(self) -> None:
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.before)
-
-
 def build_initial_model(cfg: RunConfig, data: Dataset, store: Store) -> torch.nn.Module:
     """The network at the run's start: drawn from ``seed``, or loaded from another run at a step."""
     with torch.random.fork_rng(devices=[]):
@@ -180,7 +167,7 @@ def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> Ru
         if data_n is not None and not _missing(rd, cfg, RunPlan.of(cfg, data_n)):
             return rd
     device = resolve_device(cfg.observe.device)
-    with _ThreadPin(cfg.observe.threads):
+    with pinned_threads(cfg.observe.threads):
         data = load_dataset(cfg.data).to(device)
         plan = RunPlan.of(cfg, data.n_train)
         _validate(cfg, data, store)
