@@ -187,3 +187,17 @@ def test_experiment_config_resolution():
     assert cfg.rewind == ("0it", "20it", "100it", "500it") and cfg.levels == 9
     paper = load_experiment_config(exp, preset="paper")
     assert paper.run.data.name == "cifar10" and "2000it" in paper.rewind
+
+
+def test_early_stats_experiment_records_every_step(tmp_path):
+    exp = earlyphase.run("early_stats", store=tmp_path / "s", overrides=[
+        'run.train.steps="60it"', 'run.train.milestones=["30it"]', 'run.data.n_train=400', 'run.data.n_test=200',
+        'run.train.batch_size=50', 'dense_until="20it"', 'every="10it"'])
+    numbers = exp.check["numbers"]
+    assert numbers["values_per_statistic"] == {"grad_norm": 60, "weight_magnitude": 61, "sign_change": 61,
+                                               "dist_init": 61, "cos_init": 61}
+    final = exp.tables["to_final"]
+    glob = final[final.layer == ""].sort_values("step")
+    assert glob.cos_final.iloc[-1] == pytest.approx(1.0) and glob.dist_final.iloc[-1] == pytest.approx(0.0)
+    assert (exp.path / "early_phase_statistics.png").is_file()
+    assert sorted(exp.results.step)[:21] == list(range(21))  # evaluated at every step to 20

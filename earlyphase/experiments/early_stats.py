@@ -129,6 +129,7 @@ class EarlyStats(ExperimentDef):
         ax.set_title("trajectories of sampled weights")
         for ax in list(axes) + [ax2]:
             log_step_axis(ax)
+            ax.set_xlim(left=0)
         return save_figure(fig, directory, "early_phase_statistics")
 
     def check(self, cfg: EarlyStatsConfig, tables: dict[str, pd.DataFrame]) -> Check:
@@ -136,7 +137,8 @@ class EarlyStats(ExperimentDef):
         total = int(final.step.max())
         glob = stats[stats.layer == ""]
         counts = {name: int(glob[glob.name == name].step.nunique()) for name in PER_STEP}
-        every_step = all(c >= total + 1 for c in counts.values())
+        # every step 0..T; the gradient norm exists from the first update on (steps 1..T)
+        every_step = all(c >= total + (0 if name == "grad_norm" else 1) for name, c in counts.items())
         g = glob[glob.name == "grad_norm"].sort_values("step")
         peak_step = int(g.step.iloc[int(np.argmax(g.value.values))]) if len(g) else -1
         fin = final[final.layer == ""].sort_values("step")
