@@ -62,3 +62,30 @@ def test_pretraining_reuses_masks_and_reports_findings(stored):
     check = json.loads((exp.path / "check.json").read_text())
     assert check["pass"] is None and len(check["numbers"]) == 3
     assert 'masks = "rewinding"' in exp.report_path.read_text().replace("&quot;", '"')
+
+
+def test_paper_presets_resolve_to_resnet20_on_cifar10():
+    from earlyphase.experiments.runner import get_experiment, load_experiment_config
+
+    for name in ("perturbations", "pretraining"):
+        cfg = load_experiment_config(get_experiment(name), preset="paper")
+        assert cfg.run.model.name == "resnet_cifar_20" and cfg.run.data.name == "cifar10"
+        assert cfg.k == "500it" and tuple(cfg.levels) == (3, 6, 9)
+    assert load_experiment_config(get_experiment("pretraining"), preset="paper").masks == "imp"
+
+
+def test_paper_pretraining_first_steps_with_quarter_turns(tmp_path):
+    from test_experiments import _write_fake_cifar
+
+    _write_fake_cifar(tmp_path / "cifar")
+    exp = earlyphase.run("pretraining", preset="paper", store=tmp_path / "s", seeds=1, overrides=[
+        f'run.data.root="{tmp_path / "cifar"}"', 'run.train.steps="4it"', 'run.train.milestones=["2it"]',
+        'k="2it"', "levels=[1]", 'durations=["2it"]', 'tasks=["rotation"]', 'run.observe.eval_every=""',
+        'run.observe.device="cpu"'])
+    r = exp.results
+    assert set(r.control) == {"rotation", "rewind to k=0it", "rewind to k=2it"}
+    ours = r[r.control == "rotation"]
+    assert sorted(ours.level) == [0, 1]  # a new IMP from the pre-trained state (masks = "imp")
+    store = Store(tmp_path / "s")
+    pre = [rd for rd in store.runs() if rd.spec()["config"]["data"]["task"] == "rotation"]
+    assert len(pre) == 1 and pre[0].metrics().step.max() == 2
