@@ -205,3 +205,46 @@ def test_phase_rules_on_synthetic_curves():
     assert detect_phases(steps, [1.0] * 8).phase1_end is None
     with pytest.raises(ValueError):
         detect_phases([1, 2], [1.0, 1.0])
+
+
+def _linear_task(n=600, d=12, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, d, generator=g) * 3
+    y = torch.randint(0, classes, (n,), generator=g)
+    a = centres[y] + torch.randn(n, d, generator=g)
+    return a[: n // 2], y[: n // 2], a[n // 2:], y[n // 2:]
+
+
+def test_the_optional_probes_learn_a_separable_task():
+    from earlyphase.probes.linear_probe import lbfgs_probe, ridge_probe, sgd_probe
+
+    a_tr, y_tr, a_te, y_te = _linear_task()
+    for probe in (ridge_probe, lbfgs_probe, sgd_probe):
+        assert probe(a_tr, y_tr, a_te, y_te, 3) > 0.9, probe.__name__
+
+
+def test_the_optional_decoders_fit_a_linear_map_and_the_closed_form_is_best():
+    from earlyphase.probes.reconstruction import adam_linear_decoder, conv_decoder, ridge_decoder
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 16, generator=g)
+    x = (a @ torch.randn(16, 1 * 8 * 8, generator=g)).view(400, 1, 8, 8) / 4 + 0.05 * torch.randn(400, 1, 8, 8, generator=g)
+    base = float(x[200:].var())
+    closed = ridge_decoder(a[:200], x[:200], a[200:], x[200:])
+    adam = adam_linear_decoder(a[:200], x[:200], a[200:], x[200:], epochs=20, lr=1e-2, batch=32)
+    conv = conv_decoder(a[:200], x[:200], a[200:], x[200:], act_shape=(16,), epochs=5, lr=1e-2, batch=32)
+    assert closed.test_mse < 0.05 * base
+    assert adam.test_mse < 0.5 * base and conv.test_mse < base
+    assert closed.test_mse <= adam.test_mse
+
+
+def test_fine_tuning_replaces_the_head():
+    from earlyphase.config import ModelConfig
+    from earlyphase.models import build_model
+    from earlyphase.probes.linear_probe import fine_tune
+
+    a_tr, y_tr, a_te, y_te = _linear_task(d=20, classes=2)
+    model = build_model(ModelConfig(name="mlp", widths=(16,)), (20,), 5)
+    acc = fine_tune(model, a_tr, y_tr, a_te, y_te, 2, steps=100, lr=0.05, batch=32)
+    assert acc > 0.9
+    assert model.get_submodule(model.output_layer).out_features == 5  # the original is untouched
