@@ -173,8 +173,9 @@ def _print_check(name: str, check: dict) -> None:
     verdict = {True: "PASS", False: "FAIL", None: "finding"}[check.get("pass")]
     print(f"{name}: {verdict} — {check.get('statement', '')}", file=sys.stderr)
     numbers = {k: v for k, v in check.get("numbers", {}).items() if isinstance(v, (int, float)) or v is None}
-    print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items()),
-          file=sys.stderr)
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items())
+    findings = len(check.get("numbers", {}))
+    print(f"  {shown or f'{findings} findings, see the report'}", file=sys.stderr)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
