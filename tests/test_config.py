@@ -98,3 +98,24 @@ def test_fields_at_their_default_are_not_hashed():
     # a field added later with a default must not move the ids of stored runs
     assert to_dict(RunConfig(), hashed_only=True) == {}
     assert to_dict(load_run_config(overrides=["train.lr=0.05"]), hashed_only=True) == {"train": {"lr": 0.05}}
+
+
+@pytest.mark.parametrize("override,needle", [
+    ('mask={kind="stored"}', "needs mask.id"),
+    ('mask={kind="magnitude"}', "needs mask.from_run"),
+    ('mask={kind="random"}', "needs mask.like"),
+    ('mask={kind="magnitude", from_run="x", fraction=1.0}', "pruning fraction"),
+    ('mask={kind="magnitude", from_run="x", scope="row"}', "mask.scope"),
+    ('perturb={kind="shuffle"}', "perturb.kind"),
+    ('perturb={kind="permute", scope="row"}', "perturb.scope"),
+    ('perturb={kind="noise", scale=-1.0}', "perturb.scale"),
+])
+def test_mask_and_perturbation_configs_are_checked(override, needle, tmp_path, capsys):
+    from earlyphase.cli import main
+
+    with pytest.raises(UserError, match=needle):
+        load_run_config(preset="laptop", overrides=[override])
+    assert main(["train", "--store", str(tmp_path), "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -32,7 +32,7 @@ from .data_order import DataOrder
 from .loop import LoopHooks, LoopPlan, make_optimizer, train_loop
 from .progress import ProgressBar
 from .recorders import RecordContext, build_recorders
-from .schedules import checkpoint_steps, lr_at
+from .schedules import checkpoint_steps, lr_at, lr_table
 
 
 def resolve_device(name: str) -> torch.device:
@@ -170,7 +170,7 @@ def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> Ru
     with pinned_threads(cfg.observe.threads):
         data = load_dataset(cfg.data).to(device)
         plan = RunPlan.of(cfg, data.n_train)
-        _validate(cfg, data, store)
+        prepared: Prepared | None = _prepare(cfg, data, store, device)
         with rd.lock():
             spec = {"kind": "train", "run_id": rid, "config": to_dict(cfg, trajectory=True)}
             rd.write_spec(spec)
@@ -178,10 +178,10 @@ def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> Ru
             status = rd.status()["status"]
             if status == "done":
                 if _missing(rd, cfg, plan):
-                    _run(cfg, rd, store, data, plan, device, progress, augment=True)
+                    _run(cfg, rd, store, data, plan, device, progress, augment=True, prepared=prepared)
                 return rd
             try:
-                _run(cfg, rd, store, data, plan, device, progress, augment=False)
+                _run(cfg, rd, store, data, plan, device, progress, augment=False, prepared=prepared)
             except UserError:
                 raise  # bad input leaves the store as it was; the run resumes once it is fixed
             except KeyboardInterrupt:
@@ -220,10 +220,14 @@ def _perturb(cfg: RunConfig, model: torch.nn.Module, mask: dict | None, data: Da
     return P.effective_std(new, weights, {n: m.cpu() for n, m in survivors.items()})
 
 
-def _validate(cfg: RunConfig, data: Dataset, store: Store) -> None:
-    """Build what the run needs once before touching the store, so bad input leaves no trace."""
-    model = build_initial_model(cfg, data, store)
-    load_mask(cfg, model, store)
+Prepared = tuple[torch.nn.Module, "dict[torch.nn.Parameter, torch.Tensor] | None"]
+
+
+def _prepare(cfg: RunConfig, data: Dataset, store: Store, device: torch.device) -> Prepared:
+    """The starting network and its mask, built before anything is written, so bad input (a missing
+    parent checkpoint, a mask for another model) leaves no trace in the store."""
+    model = build_initial_model(cfg, data, store).to(device)
+    return model, load_mask(cfg, model, store)
 
 
 def _cached_n_train(rd: RunDir) -> int | None:
@@ -234,11 +238,10 @@ def _cached_n_train(rd: RunDir) -> int | None:
 
 
 def _run(cfg: RunConfig, rd: RunDir, store: Store, data: Dataset, plan: RunPlan, device: torch.device,
-         progress: bool | None, *, augment: bool) -> None:
+         progress: bool | None, *, augment: bool, prepared: Prepared | None = None) -> None:
     """Train from the start (or the resume point) to the end, writing what is missing."""
     t_begin = time.time()
-    model = build_initial_model(cfg, data, store).to(device)
-    mask = load_mask(cfg, model, store)
+    model, mask = prepared if prepared is not None else _prepare(cfg, data, store, device)
     eff_std = _perturb(cfg, model, mask, data, store) if cfg.perturb is not None else None
     if mask:
         with torch.no_grad():
@@ -305,7 +308,7 @@ def _run(cfg: RunConfig, rd: RunDir, store: Store, data: Dataset, plan: RunPlan,
                       total=plan.total, start=start, label=rd.id[:8])
     order = DataOrder(data.n_train, data.n_train if cfg.train.full_batch else cfg.train.batch_size,
                       cfg.data_seed, augment=data.augment, shuffle=not cfg.train.full_batch, device=device)
-    lrs = [lr_at(cfg.train, t, plan.spe) for t in range(start, plan.total)]
+    lrs = lr_table(cfg.train, start, plan.total, plan.spe)
     loop_plan = LoopPlan(start=start, end=plan.total, checkpoints=set(plan.checkpoints), evals=set(plan.evals),
                          resume_every=max(plan.spe, 20), progress_every=bar.every, lrs=lrs)
     with bar:
