@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from earlyphase.config import DataConfig
-from earlyphase.data import DATASETS, Dataset, crop_flip, draw_crop_flip, load_dataset
+from earlyphase.data import DATASETS, Dataset, clear_cache, crop_flip, draw_crop_flip, load_dataset
 from earlyphase.data import gaussian, mnist1d, prototypes
 from earlyphase.data.transforms import blur, label_noise
 from earlyphase.errors import UserError
@@ -68,9 +68,27 @@ def test_mnist1d_seeded_and_cached_on_disk():
     files = list(mnist1d.cache_dir().glob("mnist1d-*.npz"))
     assert files and mnist1d.cache_dir().parent == Path(os.environ["EARLYPHASE_HOME"])
     mnist1d._cached.cache_clear()  # the next load reads the .npz
+    clear_cache()
     assert load(name="mnist1d", n_train=60, n_test=30, seed=1).fingerprint() == a.fingerprint()
     with pytest.raises(UserError, match="data.seed"):
         load(name="mnist1d", n_train=60, n_test=30, seed=-1)
+
+
+def test_generated_datasets_cached_in_process_as_private_copies(monkeypatch):
+    calls = []
+    real = prototypes.load
+    monkeypatch.setitem(__import__("earlyphase.data", fromlist=["SOURCES"]).SOURCES, "prototypes",
+                        lambda cfg: calls.append(cfg) or real(cfg))
+    clear_cache()
+    a = load(name="prototypes", n_train=50, n_test=20, dim=8)
+    a.x_train.zero_()  # what one caller does to its copy ...
+    b = load(name="prototypes", n_train=50, n_test=20, dim=8)
+    assert len(calls) == 1  # ... generated once ...
+    assert b.x_train.abs().sum() > 0 and b.x_train.data_ptr() != a.x_train.data_ptr()  # ... never seen by the next
+    fresh = Dataset(b.name, b.x_train, b.y_train, b.x_test, b.y_test, b.num_classes)  # nothing carried over
+    assert b.fingerprint() == fresh.fingerprint()
+    load(name="prototypes", n_train=50, n_test=20, dim=9)
+    assert len(calls) == 2  # another config is another dataset
 
 
 def test_digits_pixels_in_unit_range():

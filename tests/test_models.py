@@ -138,6 +138,13 @@ def test_init_weights() -> None:
     assert torch.all(conv.features[0].bias == 0)
     w = conv.hidden[0].weight  # fan_in 16384: Kaiming std sqrt(2 / fan_in)
     assert w.std().item() == pytest.approx(math.sqrt(2 / 16384), rel=0.02)
+    out_fan = build("conv2", init_mode="fan_out").hidden[0].weight  # 16384 -> 256: std sqrt(2 / fan_out)
+    assert out_fan.std().item() == pytest.approx(math.sqrt(2 / out_fan.shape[0]), rel=0.02)
+    cnn = build("cnn1d", init_mode="fan_out")  # every conv on one scale: the first one no longer ~6x the rest
+    stds = [m.weight.std().item() for m in cnn.modules() if isinstance(m, nn.Conv1d)]
+    assert max(stds) / min(stds) < 1.5
+    with pytest.raises(UserError, match="model.init_mode must be 'fan_in' or 'fan_out'"):
+        build("cnn1d", init_mode="xavier")
     two = build("two_layer", width=10)
     before = {k: v.clone() for k, v in two.state_dict().items()}
     init_weights(two)  # keeps its own NTK initialization

@@ -84,6 +84,18 @@ def test_structured_ntk_equals_per_sample_autograd(name, shape):
                           naive_ntk(model, x, scales={first: 0.0}), atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("conv", [dict(kernel_size=3, padding=1), dict(kernel_size=(3, 2), padding=(0, 2), dilation=(1, 2)),
+                                  dict(kernel_size=3, padding=1, stride=2)])
+def test_conv2d_weight_grads_any_padding_dilation_stride(conv):
+    """Stride 1 takes the shifted-window route, other strides im2col; both must equal autograd."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 5, **conv), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(1)).double()
+    x = torch.randn(11, 2, 7, 9, dtype=torch.float64)
+    model(x)  # materialize the lazy layer
+    assert torch.allclose(empirical_ntk(model, x, chunk=4), naive_ntk(model, x), atol=1e-10, rtol=1e-9)
+
+
 def test_unstructured_layers_fall_back_to_torch_func():
     torch.manual_seed(2)
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LayerNorm(7), torch.nn.Tanh(), torch.nn.Linear(7, 1)).double()

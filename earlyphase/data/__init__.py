@@ -12,6 +12,7 @@ fashion_mnist) asking for more samples than a split has is an error.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -36,7 +37,7 @@ DATASETS: list[str] = list(SOURCES)
 GENERATED = {"mnist1d", "gaussian", "prototypes"}
 TASKS = ("classify", "rotation", "color_dominance", "energy_half")
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "crop_flip", "draw_crop_flip"]
+__all__ = ["DATASETS", "Dataset", "load_dataset", "clear_cache", "crop_flip", "draw_crop_flip"]
 
 
 def _cap(x: torch.Tensor, y: torch.Tensor, n: int | None, key: str, name: str, strict: bool) -> tuple:
@@ -56,8 +57,39 @@ def to_sphere(x: torch.Tensor) -> torch.Tensor:
     return (flat * (flat.shape[1] ** 0.5 / norm)).reshape(x.shape)
 
 
+_GENERATED_CACHE: "OrderedDict[DataConfig, Dataset]" = OrderedDict()
+_GENERATED_CACHE_SIZE = 4
+_GENERATED_CACHE_MAX_BYTES = 256 * 2**20  # larger ones (paper-scale kernels' inputs) are not kept
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """The dataset a DataConfig describes, on the CPU."""
+    """The dataset a DataConfig describes, on the CPU.
+
+    Generated datasets are a pure function of their config, so the last few are kept in the process:
+    a sweep's runs (and a notebook) pay the generation once. Callers get their own copy of the
+    tensors, so nothing one run does to them reaches the next. File sources are read each time (the
+    files may change between calls)."""
+    if cfg.name in GENERATED:
+        hit = _GENERATED_CACHE.get(cfg)
+        if hit is None:
+            hit = _build(cfg)
+            if hit.nbytes() > _GENERATED_CACHE_MAX_BYTES:
+                return hit
+            _GENERATED_CACHE[cfg] = hit
+            while len(_GENERATED_CACHE) > _GENERATED_CACHE_SIZE:
+                _GENERATED_CACHE.popitem(last=False)
+        _GENERATED_CACHE.move_to_end(cfg)
+        hit.fingerprint()  # computed once, carried by the copies
+        return hit.clone()
+    return _build(cfg)
+
+
+def clear_cache() -> None:
+    """Forget the generated datasets kept in this process."""
+    _GENERATED_CACHE.clear()
+
+
+def _build(cfg: DataConfig) -> Dataset:
     if cfg.name not in SOURCES:
         raise UserError(f"unknown dataset {cfg.name!r}; known datasets: {', '.join(DATASETS)}")
     if cfg.task not in TASKS:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,7 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     augment: bool = False  # the loop applies random crop + flip to each training batch
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -35,13 +36,25 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> "Dataset":
         return Dataset(self.name, self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
-                       self.y_test.to(device), self.num_classes, self.augment)
+                       self.y_test.to(device), self.num_classes, self.augment, self._fingerprint)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.x_train, self.y_train, self.x_test, self.y_test))
+
+    def clone(self) -> "Dataset":
+        """A copy whose tensors share nothing with this one's."""
+        return Dataset(self.name, self.x_train.clone(), self.y_train.clone(), self.x_test.clone(),
+                       self.y_test.clone(), self.num_classes, self.augment, self._fingerprint)
 
     def fingerprint(self) -> str:
-        """Hash of the tensors' bytes: recorded in provenance, so a changed dataset is visible."""
+        """Hash of the tensors' bytes: recorded in provenance, so a changed dataset is visible.
+        Computed once per dataset (copies and moves keep it)."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         h = hashlib.sha256()
         for t in (self.x_train, self.y_train, self.x_test, self.y_test):
             t = t.detach().cpu().contiguous()
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()[:16]
+        self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint

@@ -59,7 +59,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int) ->
     if not isinstance(out_dim, int) or out_dim < 1:
         raise UserError(f"model '{cfg.name}' got output size {out_dim!r}; it must be a positive number of classes or outputs")
     model = _BUILDERS[cfg.name](cfg, shape, out_dim)
-    init_weights(model)
+    init_weights(model, cfg.init_mode)
     return model
 
 
@@ -67,14 +67,19 @@ _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @torch.no_grad()
-def init_weights(model: nn.Module) -> None:
-    """Kaiming normal (fan_in, relu) conv/linear weights, zero biases, BN weight 1 and bias 0.
+def init_weights(model: nn.Module, mode: str = "fan_in") -> None:
+    """Kaiming normal (relu gain; variance from fan_in or fan_out) conv/linear weights, zero biases,
+    BN weight 1 and bias 0.
+
+    The fan matters for sparse training: with fan_in, cnn1d's first conv (fan_in 5, fan_out 160) starts
+    with weights ~6x larger than the rest, so global magnitude pruning never touches it; with
+    fan_out every layer starts on one scale (what torchvision's ResNets use).
 
     two_layer has no such modules, so it keeps its own N(0, 1) NTK initialization.
     """
     for module in model.modules():
         if isinstance(module, _WEIGHTED):
-            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:

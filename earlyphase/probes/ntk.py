@@ -59,15 +59,30 @@ class _Factors:
     products: list[tuple[float, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     jacobians: list[tuple[float, torch.Tensor]] = field(default_factory=list)
 
-    def gram(self, other: "_Factors") -> torch.Tensor:
+    def gram(self, other: "_Factors | None" = None) -> torch.Tensor:
+        """The block of Theta between this chunk and ``other`` (None: this chunk with itself, where
+        the Jacobian Grams are symmetric and only their lower triangle of blocks is multiplied)."""
+        right = self if other is None else other
         out = None
-        for (s, g, a), (_, g2, a2) in zip(self.products, other.products):
+        for (s, g, a), (_, g2, a2) in zip(self.products, right.products):
             term = (g @ g2.T).mul_(a @ a2.T).mul_(s)
             out = term if out is None else out.add_(term)
-        for (s, j), (_, j2) in zip(self.jacobians, other.jacobians):
-            term = (j @ j2.T).mul_(s)
+        for (s, j), (_, j2) in zip(self.jacobians, right.jacobians):
+            term = (_self_gram(j) if other is None else j @ j2.T).mul_(s)
             out = term if out is None else out.add_(term)
         return out
+
+
+def _self_gram(j: torch.Tensor, parts: int = 4) -> torch.Tensor:
+    """j j^T from the blocks on and below the diagonal (about 5/8 of the products for 4 parts)."""
+    c = j.shape[0]
+    step = max(1, -(-c // parts))
+    out = j.new_empty(c, c)
+    for a in range(0, c, step):
+        b = min(c, a + step)
+        out[a:, a:b] = j[a:] @ j[a:b].T
+        out[a:b, b:] = out[b:, a:b].T
+    return out
 
 
 def _structure(module: nn.Module) -> str | None:
@@ -146,14 +161,39 @@ def _generic_factors(model: nn.Module, x: torch.Tensor, scales: dict[str, float]
                 result.products.append((s, g2, torch.ones_like(g2[:, :1])))
         else:  # conv2d
             if name.endswith("weight"):
-                u = _unfold(a, tuple(module.weight.shape[-2:]), module)
-                result.jacobians.append((s, torch.bmm(g.flatten(2), u.transpose(1, 2)).flatten(1)))
+                result.jacobians.append((s, _conv_weight_grads(a, g, module)))
             else:
                 result.jacobians.append((s, g.flatten(2).sum(-1)))
     rest = [n for n in params if n not in owner]
     if rest:
         result.jacobians.extend(_func_jacobians(model, x, params, rest, scales))
     return result
+
+
+def _conv_weight_grads(a: torch.Tensor, g: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """Per-sample weight gradients of a conv layer (n, C_out C_in k_h k_w; columns in a fixed order of
+    their own, which a Gram does not see) from its inputs ``a`` and output gradients ``g``.
+
+    Stride 1: one batched matmul per kernel offset between g and a shifted window of the padded
+    input, both laid out on the padded grid's row width, so no im2col copy is made. Other strides
+    go through im2col."""
+    (ph, pw), (sh, sw), (dh, dw) = conv.padding, conv.stride, conv.dilation
+    kh, kw = conv.weight.shape[-2:]
+    if (sh, sw) != (1, 1):
+        u = _unfold(a, (kh, kw), conv)
+        return torch.bmm(g.flatten(2), u.transpose(1, 2)).flatten(1)
+    n, c_in = a.shape[:2]
+    ho, wo = g.shape[-2:]
+    ap = F.pad(a, (pw, pw, ph, ph))
+    wp = ap.shape[-1]
+    flat = F.pad(ap.flatten(2), (0, wp - wo))  # room for the last offset's window
+    g_rows = F.pad(g, (0, wp - wo)).flatten(2)  # output (h, w) at h * wp + w; zeros past wo
+    out = g.new_empty(n, kh * kw, g.shape[1], c_in)
+    for i in range(kh):
+        for j in range(kw):
+            off = i * dh * wp + j * dw
+            torch.bmm(g_rows, flat[:, :, off:off + ho * wp].transpose(1, 2), out=out[:, i * kw + j])
+    return out.flatten(1)
 
 
 def _unfold(a: torch.Tensor, k: tuple[int, int], conv: nn.Module) -> torch.Tensor:
@@ -217,14 +257,23 @@ def empirical_ntk(model: nn.Module, x: torch.Tensor, *, scales: dict[str, float]
     try:
         x = x.to(dtype)
         theta = torch.empty(n, n, dtype=dtype, device=x.device)
-        starts = list(range(0, n, max(1, chunk)))
+        size = max(1, chunk)
+        starts = list(range(0, n, size))
+        # Row chunk i against column chunks j > i, the columns in reverse order so that the last one
+        # computed is the next row chunk: 1 + b(b-1)/2 factor passes for b chunks, two chunks held.
+        held: tuple[int, _Factors] | None = None
         for bi, i in enumerate(starts):
-            rows = _factors(model, x[i:i + chunk], scales)
-            theta[i:i + chunk, i:i + chunk] = rows.gram(rows)
-            for j in starts[bi + 1:]:
-                block = rows.gram(_factors(model, x[j:j + chunk], scales))
-                theta[i:i + chunk, j:j + chunk] = block
-                theta[j:j + chunk, i:i + chunk] = block.T
+            rows = held[1] if held is not None and held[0] == i else _factors(model, x[i:i + size], scales)
+            held = None
+            theta[i:i + size, i:i + size] = rows.gram()
+            for j in reversed(starts[bi + 1:]):
+                held = None  # the previous column chunk is freed before the next is built
+                cols = _factors(model, x[j:j + size], scales)
+                block = rows.gram(cols)
+                theta[i:i + size, j:j + size] = block
+                theta[j:j + size, i:i + size] = block.T
+                held = (j, cols)
+                del cols
     finally:
         model.train(was_training)
     return theta

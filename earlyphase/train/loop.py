@@ -95,6 +95,8 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: D
                eval_batch: int, record_ctx: RecordContext | None = None) -> None:
     masked_params = list(mask) if mask else []
     masks = [mask[p] for p in masked_params] if mask else []
+    trained = [(p, m) for p, m in zip(masked_params, masks) if p.requires_grad]  # frozen ones have no grad
+    grad_masked, grad_masks = [p for p, _ in trained], [m for _, m in trained]
     x_train, y_train = data.x_train, data.y_train
     loss_sum = torch.zeros((), device=x_train.device)
     loss_count = 0
@@ -138,10 +140,10 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: D
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = compute_loss(cfg.loss, model(xb), yb)
-        optimizer.zero_grad(set_to_none=False)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if masks:
-            torch._foreach_mul_([p.grad for p in masked_params], masks)
+        if grad_masks:
+            torch._foreach_mul_([p.grad for p in grad_masked], grad_masks)
         optimizer.step()
         if masks:
             with torch.no_grad():
