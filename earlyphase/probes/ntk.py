@@ -192,7 +192,7 @@ def _conv_weight_grads(a: torch.Tensor, g: torch.Tensor, conv: nn.Module) -> tor
     for i in range(kh):
         for j in range(kw):
             off = i * dh * wp + j * dw
-            torch.bmm(g_rows, flat[:, :, off:off + ho * wp].transpose(1, 2), out=out[:, i * kw + j])
+            out[:, i * kw + j] = torch.bmm(g_rows, flat[:, :, off:off + ho * wp].transpose(1, 2))  # out= is slower
     return out.flatten(1)
 
 
