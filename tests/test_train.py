@@ -204,3 +204,33 @@ def test_grad_norm_recorder(tmp_path):
 def test_laptop_preset_reaches_95_percent(tmp_path):
     run = earlyphase.train(preset="laptop", store=tmp_path, progress=False)
     assert run.final_accuracy >= 0.95
+
+
+@pytest.mark.parametrize("kw", [dict(momentum=0.9, weight_decay=1e-4), dict(momentum=0.9, nesterov=True),
+                                dict(momentum=0.0, weight_decay=5e-4), dict(momentum=0.5, dampening=0.1)])
+def test_direct_sgd_step_is_bit_identical_to_optimizer_step(kw):
+    """The loop's SGD step skips optimizer.step()'s wrappers; weights and momentum must not move by a bit."""
+    from earlyphase.train.loop import step_function
+
+    def make():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3), torch.nn.Linear(3, 2))
+        groups = [{"params": list(net[0].parameters()), "lr": 0.05}, {"params": list(net[2].parameters())},
+                  {"params": list(net[3].parameters())}]  # net[3] is never used: its grads stay None
+        return net, torch.optim.SGD(groups, lr=0.1, foreach=True, **kw)
+
+    (a, opt_a), (b, opt_b) = make(), make()
+    step_b = step_function(opt_b)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    for t in range(25):
+        for net, opt, step in ((a, opt_a, opt_a.step), (b, opt_b, step_b)):
+            opt.param_groups[1]["lr"] = 0.1 / (1 + t)
+            for p in net.parameters():
+                p.grad = None
+            torch.nn.functional.cross_entropy(net[2](net[1](net[0](x[:, :6] + t))), y).backward()
+            step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"])
+                                          for i in sa if sa[i].get("momentum_buffer") is not None)
+    assert step_function(torch.optim.Adam(a.parameters())).__self__ is not None  # Adam keeps its own step

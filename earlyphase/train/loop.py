@@ -37,6 +37,34 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
                            weight_decay=cfg.weight_decay, foreach=True)
 
 
+def step_function(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """``optimizer.step`` without the wrappers every call of it pays (hooks, a profiler range, the
+    dynamo guard: ~0.07 ms a step on a CPU, 3 % of a small model's step). SGD goes straight to
+    ``torch.optim.sgd.sgd``, the function SGD.step itself calls with the same arguments, so the
+    arithmetic and the optimizer's state are exactly those of ``optimizer.step()``; other optimizers
+    keep their own step."""
+    if type(optimizer) is not torch.optim.SGD or any(g.get("differentiable") for g in optimizer.param_groups):
+        return optimizer.step
+    from torch.optim.sgd import sgd
+
+    state = optimizer.state
+
+    @torch.no_grad()
+    def step() -> None:
+        for group in optimizer.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            bufs = [state[p].get("momentum_buffer") if group["momentum"] != 0 else None for p in params]
+            sgd(params, [p.grad for p in params], bufs, weight_decay=group["weight_decay"],
+                momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
+                nesterov=group["nesterov"], maximize=group["maximize"], foreach=group["foreach"],
+                fused=group["fused"])
+            if group["momentum"] != 0:
+                for p, buf in zip(params, bufs):
+                    state[p]["momentum_buffer"] = buf
+
+    return step
+
+
 def compute_loss(kind: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy, or the square loss (1/2n) sum_i ||f(x_i) - y_i||^2 (one-hot for class labels)."""
     if kind == "cross_entropy":
@@ -96,6 +124,8 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: D
     masked_params = list(mask) if mask else []
     masks = [mask[p] for p in masked_params] if mask else []
     trained = [(p, m) for p, m in zip(masked_params, masks) if p.requires_grad]  # frozen ones have no grad
+    optimized = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer_step = step_function(optimizer)
     grad_masked, grad_masks = [p for p, _ in trained], [m for _, m in trained]
     x_train, y_train = data.x_train, data.y_train
     loss_sum = torch.zeros((), device=x_train.device)
@@ -140,11 +170,12 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: D
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = compute_loss(cfg.loss, model(xb), yb)
-        optimizer.zero_grad(set_to_none=True)
+        for p in optimized:  # zero_grad(set_to_none=True) without its wrappers; backward writes fresh grads
+            p.grad = None
         loss.backward()
         if grad_masks:
             torch._foreach_mul_([p.grad for p in grad_masked], grad_masks)
-        optimizer.step()
+        optimizer_step()
         if masks:
             with torch.no_grad():
                 torch._foreach_mul_(masked_params, masks)
