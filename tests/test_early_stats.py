@@ -160,7 +160,8 @@ def test_after_step_never_syncs(monkeypatch, tmp_path):
 
 
 def drive(*, steps: int = 6, start: int = 0, evals: tuple[int, ...] = (0, 6), initial: bool = True,
-          max_rows: int = 4096, n_traj: int = 16, observe_start: bool = True, batch: int = 64):
+          max_rows: int = 4096, n_traj: int = 16, observe_start: bool = True, batch: int = 64,
+          set_to_none: bool = False):
     """Train a small MLP by hand, calling the recorder as the loop does; returns rows and what was seen."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
@@ -176,7 +177,7 @@ def drive(*, steps: int = 6, start: int = 0, evals: tuple[int, ...] = (0, 6), in
         rows += rec.collect(model, start)
     for t in range(start, steps):
         loss = model(torch.randn(8, 5)).pow(2).mean()
-        opt.zero_grad(set_to_none=False)
+        opt.zero_grad(set_to_none=set_to_none)  # True: new gradient tensors every step, as the engine's loop
         loss.backward()
         opt.step()
         grads[t + 1] = {n: p.grad.norm().item() for n, p in model.named_parameters()}
@@ -192,9 +193,10 @@ def by_key(rows):
     return {(s, name, layer): v for s, name, layer, _, v in rows}
 
 
-@pytest.mark.parametrize("batch", [64, 4])
-def test_gradient_norms_and_a_buffer_that_outgrows_its_plan(batch):
-    rows, grads = drive(steps=9, evals=(0, 9), max_rows=2, batch=batch)  # 2 result rows to start with: must grow
+@pytest.mark.parametrize("batch,set_to_none", [(64, False), (4, False), (64, True), (4, True)])
+def test_gradient_norms_and_a_buffer_that_outgrows_its_plan(batch, set_to_none):
+    rows, grads = drive(steps=9, evals=(0, 9), max_rows=2, batch=batch,  # 2 result rows to start with: must grow
+                        set_to_none=set_to_none)
     got = by_key(rows)
     for step, norms in grads.items():
         for layer, value in norms.items():

@@ -43,7 +43,8 @@ called back to back). So the work is split:
 * per step, **one op**: ``torch.cat`` of cached views of the gradients and prunable weights (and
   constant zero pads) into the next slot of a preallocated snapshot block
   ``snap[k] = [gradients (Rg rows) | prunable weights (Rw rows)]`` of rows of ``width`` elements, each
-  tensor starting on a new row (views are rebuilt only when a ``.grad`` tensor is replaced);
+  tensor starting on a new row (when the loop hands in new ``.grad`` tensors each step, as the
+  engine's does, only those views are swapped in; a full re-plan only when a layout changes);
 * every ``batch`` (64) steps, and at ``collect``, **one batched reduction** over the pending
   snapshots (about 10 ops, whatever the number of steps and layers): row-wise 2-norms of the
   snapshots; ``W - W0`` and its row 2-norms; ``sign(W) != sign(W0)`` as a float 0/1 indicator (the
@@ -55,8 +56,8 @@ called back to back). So the work is split:
   |w| and the sign-change counts; cosines come from the norms,
   ``cos = 1 + ((||w|| - ||w0||)^2 - ||w - w0||^2) / (2 ||w|| ||w0||)``, which keeps full precision near 1.
 
-Measured on the loaded 2-core machine: cnn1d (2.4-2.6 ms a step on 1 thread) pays ~45 us a step,
-reductions included, ~2 %; resnet_cifar_20 ~0.6 ms of a 650 ms step
+Measured on the loaded 2-core machine: cnn1d (1.9-2.6 ms a step on 1 thread) pays ~45-80 us a step,
+reductions included, 2-4 %; resnet_cifar_20 ~0.6 ms of a 650 ms step
 (``benchmarks/early_stats_overhead.py``). The snapshot block
 holds at most ``batch`` steps and about ``snapshot_elements`` (4M) elements (resnet_cifar_20: 7
 steps). The result buffer holds the longest stretch between consecutive ``ctx.evals`` (from
@@ -261,12 +262,22 @@ class EarlyStatsRecorder(Recorder):
         self.g_dynamic = dynamic
         wparts = self._weight_parts() if self.w_dynamic else self.wparts
         self.parts = self.gpack.parts(flats, self.zeros) + wparts
+        # where each gradient sits in ``parts``: a loop that sets .grad to None before each backward
+        # hands in new (contiguous) gradient tensors every step, and only those slots need replacing
+        self.gslots = np.cumsum([0] + [1 + (r * self.gpack.width > n) for n, r in
+                                       zip(self.gpack.numels, self.gpack.rows)][:-1]).tolist()
+        self.all_contiguous = all(g is not None and g.is_contiguous() for g in grads)
 
     # ----------------------------------------------------------------------------------- per step
     def after_step(self, model: torch.nn.Module, step: int, loss: torch.Tensor) -> None:
         grads = [p.grad for p in self.gparams]
         if self.g_dynamic or self.w_dynamic or not all(map(is_, grads, self.gseen)):
-            self._plan(grads)
+            if self.all_contiguous and not self.w_dynamic and all(g is not None and g.is_contiguous() for g in grads):
+                for slot, g in zip(self.gslots, grads):  # fresh gradients, same layout: swap the views
+                    self.parts[slot] = g.view(-1)
+                self.gseen = grads
+            else:
+                self._plan(grads)
         if self.parts:
             torch.cat(self.parts, out=self.snap_flat[self.k])  # the step's one op: a snapshot
         self.steps.append(step)
