@@ -19,12 +19,6 @@ from earlyphase.data.transforms import blur, label_noise
 from earlyphase.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _home(tmp_path_factory, monkeypatch):
-    """Keep the mnist1d disk cache out of the user's home."""
-    monkeypatch.setenv("EARLYPHASE_HOME", str(tmp_path_factory.getbasetemp() / "home"))
-
-
 def load(**kw) -> Dataset:
     return load_dataset(DataConfig(**kw))
 

@@ -260,20 +260,17 @@ def empirical_ntk(model: nn.Module, x: torch.Tensor, *, scales: dict[str, float]
         size = max(1, chunk)
         starts = list(range(0, n, size))
         # Row chunk i against column chunks j > i, the columns in reverse order so that the last one
-        # computed is the next row chunk: 1 + b(b-1)/2 factor passes for b chunks, two chunks held.
-        held: tuple[int, _Factors] | None = None
+        # built is the next row chunk: 1 + b(b-1)/2 factor passes for b chunks, two chunks held.
+        nxt: _Factors | None = _factors(model, x[:size], scales)
         for bi, i in enumerate(starts):
-            rows = held[1] if held is not None and held[0] == i else _factors(model, x[i:i + size], scales)
-            held = None
+            rows, nxt = nxt, None
             theta[i:i + size, i:i + size] = rows.gram()
             for j in reversed(starts[bi + 1:]):
-                held = None  # the previous column chunk is freed before the next is built
-                cols = _factors(model, x[j:j + size], scales)
-                block = rows.gram(cols)
+                nxt = None  # the previous column chunk is freed before the next is built
+                nxt = _factors(model, x[j:j + size], scales)
+                block = rows.gram(nxt)
                 theta[i:i + size, j:j + size] = block
                 theta[j:j + size, i:i + size] = block.T
-                held = (j, cols)
-                del cols
     finally:
         model.train(was_training)
     return theta
