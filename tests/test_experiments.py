@@ -49,7 +49,7 @@ def test_results_table_and_densities(sweep):
     assert exp.tables["matching"].k.tolist() == ["0it", "20it"]
     assert exp.report_path.is_file() and (exp.path / "accuracy_vs_density.png").is_file()
     check = json.loads((exp.path / "check.json").read_text())
-    assert set(check) == {"experiment", "statement", "pass", "numbers", "wall_seconds"}
+    assert set(check) == {"experiment", "statement", "pass", "numbers", "wall_seconds", "measured", "meaning"}
     assert check["experiment"] == "rewinding" and isinstance(check["pass"], bool)
     assert "smallest_matching_density" in check["numbers"]
 

@@ -52,7 +52,7 @@ def tiny(tmp_path_factory):
 
 def test_tiny_experiment_end_to_end(tiny):
     check = json.loads((tiny.path / "check.json").read_text())
-    assert set(check) == {"experiment", "statement", "pass", "numbers", "wall_seconds"}
+    assert set(check) == {"experiment", "statement", "pass", "numbers", "wall_seconds", "measured", "meaning"}
     assert check["experiment"] == "learning_phases" and isinstance(check["pass"], bool)
     nums = check["numbers"]
     assert {"seeds_with_all_three_phases", "best_transfer_step_mean_curve", "best_source_step_mean_curve",

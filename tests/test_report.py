@@ -102,7 +102,7 @@ def test_write_check_round_trips_plain_json(tmp_path):
     raw = path.read_text()
     assert "NaN" not in raw
     check = json.loads(raw)
-    assert list(check) == ["experiment", "statement", "pass", "numbers", "wall_seconds"]
+    assert list(check) == ["experiment", "statement", "pass", "numbers", "wall_seconds", "measured", "meaning"]
     assert check["pass"] is None and check["wall_seconds"] == 1.5
     assert check["numbers"] == {"acc": 0.5, "n": 3, "gap": None, "t": 0.25, "curve": [1.0, None],
                                 "ok": True}

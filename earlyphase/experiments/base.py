@@ -29,11 +29,19 @@ class Plan:
 
 @dataclass
 class Check:
-    """The SPEC's "must reproduce" statement judged on the numbers (``passed=None``: a finding)."""
+    """A claim judged on the experiment's own numbers (``passed=None``: a finding, no pass/fail claim).
+
+    ``statement`` is built from the config it judges (levels, k, thresholds), never fixed text.
+    ``measured`` and ``meaning`` say in plain words what was measured (with the numbers that decided)
+    and what the verdict means; ``tables`` hold the per-seed numbers behind it, shown in the report
+    as tables."""
 
     statement: str
     passed: bool | None
     numbers: dict[str, Any]
+    measured: str = ""
+    meaning: str = ""
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 class ExperimentDef:
@@ -42,6 +50,7 @@ class ExperimentDef:
     name: ClassVar[str]
     config_cls: ClassVar[type]
     description: ClassVar[str] = ""
+    main_figure: ClassVar[str] = ""  # stem of the figure index.html shows beside the verdict
 
     def plan(self, cfg: Any, store: Store) -> Plan:
         raise NotImplementedError

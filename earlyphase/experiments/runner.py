@@ -168,7 +168,9 @@ def finish(exp: ExperimentDef, cfg: Any, plan: Plan, store: Store, directory: Pa
     figures = exp.figures(cfg, tables, directory)
     chk: Check = exp.check(cfg, tables)
     write_check(directory, experiment=exp.name, statement=chk.statement, passed=chk.passed, numbers=chk.numbers,
-                wall_seconds=round(wall_seconds, 2))
+                wall_seconds=round(wall_seconds, 2), measured=chk.measured, meaning=chk.meaning)
+    for tname, table in chk.tables.items():
+        table.to_csv(directory / f"check-{tname}.csv", index=False)
     check = json.loads((directory / "check.json").read_text())
     write_report(directory, title=f"{exp.name} ({preset} preset)", check=check,
                  figures=[f for f in figures if f.suffix == ".png"], tables=tables,

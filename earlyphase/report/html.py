@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import pandas
 
 LONG_TABLE_ROWS = 60
-CHECK_KEYS = ("experiment", "statement", "pass", "numbers", "wall_seconds")
+CHECK_KEYS = ("experiment", "statement", "pass", "numbers", "wall_seconds", "measured", "meaning")
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#222;
@@ -92,10 +92,11 @@ def _dumps(obj: Any, **kwargs: Any) -> str:
 # check.json
 
 def write_check(directory: Path, *, experiment: str, statement: str, passed: bool | None,
-                numbers: Mapping[str, Any], wall_seconds: float) -> Path:
+                numbers: Mapping[str, Any], wall_seconds: float, measured: str = "", meaning: str = "") -> Path:
     """Write ``directory/check.json``: the verdict as data, so scripts need not parse the report.
 
-    ``passed=None`` marks a finding rather than a pass/fail claim (``"pass": null``).
+    ``passed=None`` marks a finding rather than a pass/fail claim (``"pass": null``); ``measured`` and
+    ``meaning`` are the verdict in plain words.
     """
     if passed is not None:
         passed = bool(passed)
@@ -105,6 +106,8 @@ def write_check(directory: Path, *, experiment: str, statement: str, passed: boo
         "pass": passed,
         "numbers": to_plain(dict(numbers)),
         "wall_seconds": to_plain(float(wall_seconds)),
+        "measured": str(measured),
+        "meaning": str(meaning),
     }
     path = Path(directory) / "check.json"
     write_bytes_atomic(path, (_dumps(check, indent=2) + "\n").encode())
