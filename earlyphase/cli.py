@@ -172,6 +172,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_check(name: str, check: dict) -> None:
     verdict = {True: "PASS", False: "FAIL", None: "finding"}[check.get("pass")]
     print(f"{name}: {verdict} — {check.get('statement', '')}", file=sys.stderr)
+    if check.get("measured"):
+        print(f"  {check['measured']}", file=sys.stderr)
     numbers = {k: v for k, v in check.get("numbers", {}).items() if isinstance(v, (int, float)) or v is None}
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items())
     findings = len(check.get("numbers", {}))
@@ -188,26 +190,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .experiments import run_experiment
+    from .demo import demo_names, run_demo
     from .experiments.runner import RunsFailed
-    from .report import write_index
     from .store import Store
 
-    from .experiments import registry
-
     store = Store(args.store)
-    names = args.only or list(registry())
-    entries = []
     try:
-        for name in names:
-            exp = run_experiment(name, preset="laptop", store=store, workers=args.workers, progress=not args.quiet)
-            _print_check(name, exp.check)
-            entries.append({"name": name, "report": exp.report_path, "check": exp.check,
-                            "wall_seconds": exp.check.get("wall_seconds")})
+        index = run_demo(demo_names(args.all, args.only), store, workers=args.workers, progress=not args.quiet,
+                         on_result=_print_check)
     except RunsFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    index = write_index(store.root / "index.html", entries)
     print(index)
     return 0
 
@@ -257,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("demo", help="run every laptop experiment and write index.html linking their reports")
+    p = sub.add_parser("demo", help="run the headline laptop experiments (or --all) and write index.html",
+                       description="The headline set: rewinding, perturbations, linear_dynamics and "
+                                   "learning_phases (one experiment per paper, plus perturbations); --all runs "
+                                   "every experiment. Prints the estimated training time first.")
+    p.add_argument("--all", action="store_true", help="run every experiment, not only the headline set")
     p.add_argument("--workers", type=int, default=2, help="runs trained at once (default 2)")
     p.add_argument("--only", action="append", metavar="EXPERIMENT", help="run only these experiments")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -129,3 +129,17 @@ def test_write_index_links_relative_reports(tmp_path):
     assert str(tmp_path) not in text
     for word in ("PASS", "FINDING", "NO CHECK", "x&lt;y", "12.5 s", "3.0 s"):
         assert word in text
+
+
+def test_report_explains_the_verdict_and_shows_nested_numbers_as_tables(tmp_path):
+    check = {**_check(), "measured": "k=500 gave 96.3 % against 93.8 % at k=0", "meaning": "rewinding <matters>",
+             "numbers": {"margin": 0.025, "per_seed": {"0": {"k0": 0.93, "k500": 0.96}, "1": {"k0": 0.94, "k500": 0.97}},
+                         "matching": {"0it": 0.64, "500it": 0.134}}}
+    per_seed = pd.DataFrame({"seed": [0, 1], "k0": [0.931, 0.945]})
+    text = write_report(tmp_path, title="t", check=check, figures=[], tables={}, configs={},
+                        check_tables={"per seed": per_seed}).read_text()
+    for words in ("What was claimed", "What was measured", "k=500 gave 96.3 %", "rewinding &lt;matters&gt;"):
+        assert words in text
+    assert "{&quot;" not in text and '{"' not in text  # no JSON text anywhere in the verdict
+    assert "<h3>per_seed</h3>" in text and "<h3>matching</h3>" in text and "<h3>per seed</h3>" in text
+    assert "0.945" in text and "0.134" in text

@@ -92,6 +92,14 @@ class Experiment:
     def report_path(self) -> Path:
         return self.path / "report.html"
 
+    @property
+    def main_figure(self) -> Path | None:
+        """The PNG shown beside the verdict on index.html: the experiment's named main figure, else
+        its first."""
+        pngs = [f for f in self.figures if f.suffix == ".png"]
+        named = [f for f in pngs if f.stem == getattr(get_experiment(self.name), "main_figure", "")]
+        return (named or pngs or [None])[0]
+
     def __repr__(self) -> str:
         verdict = {True: "PASS", False: "FAIL", None: "finding"}[self.check.get("pass")]
         return f"Experiment({self.name}, {verdict}, path={str(self.path)!r})"
@@ -175,7 +183,7 @@ def finish(exp: ExperimentDef, cfg: Any, plan: Plan, store: Store, directory: Pa
     write_report(directory, title=f"{exp.name} ({preset} preset)", check=check,
                  figures=[f for f in figures if f.suffix == ".png"], tables=tables,
                  configs={"experiment": to_dict(cfg)}, notes=[exp.description, *plan.notes],
-                 wall_seconds=wall_seconds)
+                 wall_seconds=wall_seconds, check_tables=chk.tables)
     return Experiment(exp.name, directory, cfg, tables, check, figures)
 
 

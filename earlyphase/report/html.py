@@ -46,6 +46,12 @@ figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:12px;color:#555}
 pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.6em;overflow-x:auto;font-size:12px}
 details summary{cursor:pointer;color:#1a3d7c}
+.card{display:flex;gap:1.2em;align-items:flex-start;margin:1em 0;clear:both}
+.card h2{flex-basis:100%}
+.card{flex-wrap:wrap}
+.card-figure{flex:0 0 460px}
+.card-figure img{max-width:460px;border:1px solid #eee}
+.card-text{flex:1 1 300px}
 footer{margin-top:2.5em;font-size:12px;color:#777;border-top:1px solid #eee;padding-top:.5em}
 """
 
@@ -192,19 +198,44 @@ def _footer(wall_seconds: float | None = None) -> str:
 # ----------------------------------------------------------------------------------------------
 # report.html
 
-def _check_html(check: Mapping[str, Any] | None) -> list[str]:
+def _check_html(check: Mapping[str, Any] | None,
+                check_tables: Mapping[str, "pandas.DataFrame"] | None = None) -> list[str]:
+    """The verdict banner, the verdict in plain words, its numbers and the per-seed tables behind it."""
     word = verdict(check)
     if check is None:
         return [f'<div class="banner none"><span class="verdict">{word}</span>'
                 "this experiment recorded no check</div>"]
     out = [f'<div class="banner {_verdict_class(word)}"><span class="verdict">{word}</span>'
            f'{escape(str(check.get("statement", "")))}</div>']
-    numbers = check.get("numbers") or {}
-    if numbers:
+    words = [("What was claimed", check.get("statement")), ("What was measured", check.get("measured")),
+             ("What it means", check.get("meaning"))]
+    if check.get("measured") or check.get("meaning"):
+        out += [f"<h3>{title}</h3><p>{escape(str(text))}</p>" for title, text in words if text]
+    out += _numbers_html(check.get("numbers") or {})
+    out += [_table_html(name, df) for name, df in (check_tables or {}).items()]
+    return out
+
+
+def _numbers_html(numbers: Mapping[str, Any]) -> list[str]:
+    """Scalars as one quantity/value table; a mapping of mappings (per seed, per setting) as a table
+    of its own, rows the outer keys; never JSON text."""
+    import pandas as pd
+
+    scalars = {k: v for k, v in numbers.items() if not isinstance(v, Mapping)}
+    out = []
+    if scalars:
         rows = "".join(f'<tr><td class="text">{escape(str(k))}</td><td>{escape(_fmt(v))}</td></tr>'
-                       for k, v in numbers.items())
+                       for k, v in scalars.items())
         out.append('<table class="numbers"><thead><tr><th class="text">quantity</th>'
                    f"<th>value</th></tr></thead><tbody>{rows}</tbody></table>")
+    for key, value in numbers.items():
+        if not isinstance(value, Mapping):
+            continue
+        if value and all(isinstance(v, Mapping) for v in value.values()):
+            df = pd.DataFrame.from_dict({str(k): dict(v) for k, v in value.items()}, orient="index")
+        else:
+            df = pd.DataFrame({"value": {str(k): _fmt(v) for k, v in value.items()}})
+        out.append(_table_html(key, df))
     return out
 
 
@@ -244,7 +275,8 @@ def _table_html(name: str, table: "pandas.DataFrame") -> str:
 def write_report(directory: Path, *, title: str, check: Mapping[str, Any] | None,
                  figures: Sequence[Path], tables: Mapping[str, "pandas.DataFrame"],
                  configs: Mapping[str, object], notes: Sequence[str] = (),
-                 wall_seconds: float | None = None) -> Path:
+                 wall_seconds: float | None = None,
+                 check_tables: Mapping[str, "pandas.DataFrame"] | None = None) -> Path:
     """Write ``directory/report.html``: the verdict, figures, tables and configs on one page.
 
     Figures are linked by paths relative to ``directory`` (the page moves with its directory).
@@ -254,7 +286,7 @@ def write_report(directory: Path, *, title: str, check: Mapping[str, Any] | None
     if wall_seconds is None and check is not None:
         wall_seconds = check.get("wall_seconds")
     body = [f"<h1>{escape(title)}</h1>"]
-    body += _check_html(check)
+    body += _check_html(check, check_tables)
     if figures:
         body.append("<h2>Figures</h2>")
         body += _figures_html(figures, directory)
@@ -283,14 +315,15 @@ def write_report(directory: Path, *, title: str, check: Mapping[str, Any] | None
 
 def write_index(path: Path, entries: Sequence[Mapping[str, Any]],
                 title: str = "earlyphase experiments") -> Path:
-    """Write an index page linking each experiment's report, with its verdict and statement.
+    """Write an index page: a summary table, then each experiment's main figure beside its verdict.
 
-    Each entry: ``name``, ``report`` (path to report.html), ``check`` (dict or None) and
-    ``wall_seconds`` (None to take the check's). Links are relative to the index's directory.
+    Each entry: ``name``, ``report`` (path to report.html), ``check`` (dict or None),
+    ``wall_seconds`` (None to take the check's) and optionally ``figure`` (the main PNG). Links are
+    relative to the index's directory.
     """
     path = Path(path)
     counts: dict[str, int] = {}
-    rows = []
+    rows, cards = [], []
     total = 0.0
     for entry in entries:
         check = entry.get("check")
@@ -305,10 +338,11 @@ def write_index(path: Path, entries: Sequence[Mapping[str, Any]],
         report = entry.get("report")
         link = (f'<a href="{_href(Path(report), path.parent)}">report</a>'
                 if report is not None else "")
-        rows.append(f'<tr><td class="text">{escape(str(entry["name"]))}</td>'
-                    f'<td class="text"><span class="{_verdict_class(word)}">{word}</span></td>'
+        badge = f'<span class="{_verdict_class(word)}">{word}</span>'
+        rows.append(f'<tr><td class="text">{escape(str(entry["name"]))}</td><td class="text">{badge}</td>'
                     f'<td class="text">{escape(statement)}</td>'
                     f"<td>{escape(_fmt_seconds(seconds))}</td><td class=\"text\">{link}</td></tr>")
+        cards.append(_index_card(entry, badge, statement, link, path.parent))
     summary = ", ".join(f"{n} {word.lower()}" for word, n in sorted(counts.items())) or "none"
     body = [f"<h1>{escape(title)}</h1>",
             f"<p>{len(rows)} experiments: {escape(summary)}.</p>",
@@ -317,6 +351,20 @@ def write_index(path: Path, entries: Sequence[Mapping[str, Any]],
             '<th class="text">link</th></tr></thead><tbody>',
             *rows,
             "</tbody></table>",
+            *cards,
             _footer(total if rows else None)]
     write_bytes_atomic(path, _page(title, body).encode("utf-8"))
     return path
+
+
+def _index_card(entry: Mapping[str, Any], badge: str, statement: str, link: str, base: Path) -> str:
+    """One experiment on the index: its main figure, and beside it the verdict in plain words."""
+    check = entry.get("check") or {}
+    figure = entry.get("figure")
+    img = (f'<a href="{_href(Path(entry["report"]), base)}"><img src="{_href(Path(figure), base)}" '
+           f'alt="{escape(str(entry["name"]))}"></a>' if figure is not None and entry.get("report") else "")
+    words = "".join(f"<p><b>{title}</b> {escape(str(check[key]))}</p>"
+                    for title, key in (("Measured:", "measured"), ("Meaning:", "meaning")) if check.get(key))
+    return (f'<div class="card"><h2>{escape(str(entry["name"]))} {badge}</h2>'
+            f'<div class="card-figure">{img}</div><div class="card-text"><p>{escape(statement)}</p>'
+            f"{words}<p>{link}</p></div></div>")
