@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Sequence
@@ -108,15 +109,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from .store.query import query
+    from .store.query import result
+    from .table_output import write_result
 
-    df = query(_store(args), args.sql)
-    if args.format == "csv":
-        print(df.to_csv(index=False), end="")
-    elif args.format == "json":
-        print(df.to_json(orient="records"))
-    else:
-        print(df.to_string(index=False) if not df.empty else "(no rows)")
+    warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)  # noqa: E731
+    with result(_store(args), args.sql, warn=warn) as (schema, batches):
+        sys.stdout.flush()
+        write_result(schema, batches, args.format, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
     return 0
 
 
@@ -298,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`earlyphase query ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":
