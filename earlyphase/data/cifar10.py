@@ -55,17 +55,16 @@ def _load_pickle(path: Path) -> tuple[np.ndarray, np.ndarray]:
                         f"replace it with the official file") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} does not hold a dict with 'data' and 'labels'; replace it with the official file")
-    data = obj.get(b"data", obj.get("data"))
+    x = obj.get(b"data", obj.get("data"))
     labels = obj.get(b"labels", obj.get("labels"))
-    try:
-        x = np.asarray(data)
-        y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        x, y = np.zeros(0), np.zeros(0)
-    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != PIXELS or y.shape != (x.shape[0],):
-        raise UserError(f"{path} lacks uint8 'data' of shape N x {PIXELS} with N 'labels'; "
+    # types and sizes first: converting a list of references to one large object would allocate
+    # the object once per reference
+    if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == PIXELS
+            and isinstance(labels, (list, np.ndarray)) and len(labels) == x.shape[0]
+            and all(isinstance(v, (int, np.integer)) for v in labels)):
+        raise UserError(f"{path} lacks uint8 'data' of shape N x {PIXELS} with N integer 'labels'; "
                         f"replace it with the official file")
-    return x, y
+    return x, np.asarray(labels, dtype=np.int64)
 
 
 def _load_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:

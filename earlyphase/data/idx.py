@@ -3,6 +3,7 @@ distributed in; headers are checked so a truncated or mixed-up file is an error,
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UserError
+from ..memory import available_bytes, gib
 from .base import Dataset
 
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -22,28 +24,46 @@ LAYOUT = ("the IDX files " + ", ".join(FILES.values()) + " (each optionally gzip
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """An unsigned-byte IDX array with ``ndim`` dimensions: magic 0x0000 08 ndim, then ndim big-endian
-    int32 sizes, then exactly prod(sizes) bytes."""
+    int32 sizes, then exactly prod(sizes) bytes. The size the header claims is checked (against the
+    file's own size, or for a gzipped file against the memory available) before it is read, so a
+    hostile header allocates nothing."""
+    opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
+        with opener(path, "rb") as f:
+            head = f.read(4 + 4 * ndim)
+            size, dims = _idx_header(path, head, ndim)
+            _check_claimed_size(path, size, len(head))
+            raw = f.read(size + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); replace it with the official file") from None
-    head = 4 + 4 * ndim
-    if len(raw) < head:
-        raise UserError(f"{path} is too short for an IDX header ({len(raw)} bytes); the file is truncated")
-    magic = raw[:4]
-    if magic[:2] != b"\0\0" or magic[2] != 0x08 or magic[3] != ndim:
-        raise UserError(f"{path} has IDX magic {magic.hex()}, expected 000008{ndim:02x} (unsigned bytes, "
+    if len(raw) != size:
+        raise UserError(f"{path} should hold {len(head) + size} bytes for dims {dims}, has {len(head) + len(raw)}"
+                        f"{' or more' if len(raw) > size else ''}; the file is truncated or corrupt")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
+
+
+def _idx_header(path: Path, head: bytes, ndim: int) -> tuple[int, list[int]]:
+    """(payload bytes, dims) from an IDX header, computed in Python integers (no overflow)."""
+    if len(head) < 4 + 4 * ndim:
+        raise UserError(f"{path} is too short for an IDX header ({len(head)} bytes); the file is truncated")
+    if head[:2] != b"\0\0" or head[2] != 0x08 or head[3] != ndim:
+        raise UserError(f"{path} has IDX magic {head[:4].hex()}, expected 000008{ndim:02x} (unsigned bytes, "
                         f"{ndim} dims); it is not the expected IDX file")
-    dims = [int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)]
-    size = int(np.prod(dims))
-    if len(raw) != head + size:
-        raise UserError(f"{path} should hold {head + size} bytes for dims {dims}, has {len(raw)}; "
-                        f"the file is truncated or corrupt")
-    return np.frombuffer(raw, dtype=np.uint8, offset=head).reshape(dims)
+    dims = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big", signed=True) for i in range(ndim)]
+    if any(d < 0 for d in dims):
+        raise UserError(f"{path} has negative IDX dimensions {dims}; the file is corrupt")
+    return math.prod(dims), dims
+
+
+def _check_claimed_size(path: Path, size: int, head: int) -> None:
+    if not path.name.endswith(".gz"):
+        on_disk = path.stat().st_size
+        if on_disk != head + size:
+            raise UserError(f"{path} should hold {head + size} bytes for its header's dimensions, has {on_disk}; "
+                            "the file is truncated or corrupt")
+    elif size > available_bytes():
+        raise UserError(f"{path} claims {gib(size)} of pixels, more than the {gib(available_bytes())} of memory "
+                        "available; the file is corrupt or not an MNIST file")
 
 
 def _find(base: Path, stem: str) -> Path | None:
