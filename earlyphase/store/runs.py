@@ -80,11 +80,18 @@ class Store:
         return tensors
 
     def referenced_runs(self) -> set[str]:
-        """Run ids that some experiment lists in its ``runs.json``."""
+        """Run ids that some experiment lists in its ``runs.json``. A reference that cannot be read is
+        an error, never an empty set: whoever deletes by it must not delete what it protects."""
         refs: set[str] = set()
-        for f in (self.root / "experiments").glob("*/runs.json"):
-            with contextlib.suppress(OSError, ValueError):
-                refs.update(json.loads(f.read_text()))
+        for f in sorted((self.root / "experiments").glob("*/runs.json")):
+            try:
+                ids = json.loads(f.read_text())
+            except (OSError, ValueError) as e:
+                ids = e
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise UserError(f"{f} is not a readable list of run ids, so the runs it protects are unknown; "
+                                f"restore it (rerun `earlyphase run` for that experiment) or remove {f.parent}")
+            refs.update(ids)
         return refs
 
 
