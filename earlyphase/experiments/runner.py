@@ -15,7 +15,8 @@ import pandas as pd
 from ..config import _merge, apply_overrides, canonical_json, from_dict, preset_path, read_toml, to_dict
 from ..errors import UserError
 from ..store import Store
-from ..store.atomic import write_json_atomic
+from ..store.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
+from ..store.runs import exclusive
 from .base import Check, ExperimentDef, Plan
 
 
@@ -167,18 +168,31 @@ def run_experiment(name: str, *, preset: str = "laptop", config: str | Path | di
 
 def finish(exp: ExperimentDef, cfg: Any, plan: Plan, store: Store, directory: Path, *, preset: str,
            wall_seconds: float) -> Experiment:
-    """Analyze the stored runs, draw the figures, write tables, check.json and report.html."""
+    """Analyze the stored runs, then write tables, figures, check.json and report.html, each file
+    atomically, under the experiment directory's lock (two identical commands write one at a time,
+    and a writer killed earlier leaves temporaries that are removed here)."""
+    tables = exp.analyze(cfg, plan, store)
+    with exclusive(directory / ".lock"):
+        remove_stale_temporaries(directory)
+        return _write_results(exp, cfg, plan, directory, tables, preset=preset, wall_seconds=wall_seconds)
+
+
+def _write_csv(path: Path, table: pd.DataFrame) -> None:
+    write_bytes_atomic(path, table.to_csv(index=False).encode())
+
+
+def _write_results(exp: ExperimentDef, cfg: Any, plan: Plan, directory: Path, tables: dict[str, pd.DataFrame], *,
+                   preset: str, wall_seconds: float) -> Experiment:
     from ..report import write_check, write_report
 
-    tables = exp.analyze(cfg, plan, store)
     for tname, table in tables.items():
-        table.to_csv(directory / f"{tname}.csv", index=False)
+        _write_csv(directory / f"{tname}.csv", table)
     figures = exp.figures(cfg, tables, directory)
     chk: Check = exp.check(cfg, tables)
     write_check(directory, experiment=exp.name, statement=chk.statement, passed=chk.passed, numbers=chk.numbers,
                 wall_seconds=round(wall_seconds, 2), measured=chk.measured, meaning=chk.meaning)
     for tname, table in chk.tables.items():
-        table.to_csv(directory / f"check-{tname}.csv", index=False)
+        _write_csv(directory / f"check-{tname}.csv", table)
     check = json.loads((directory / "check.json").read_text())
     write_report(directory, title=f"{exp.name} ({preset} preset)", check=check,
                  figures=[f for f in figures if f.suffix == ".png"], tables=tables,

@@ -95,6 +95,25 @@ class Store:
         return refs
 
 
+@contextlib.contextmanager
+def exclusive(lock_file: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold an ``fcntl.flock`` lock on ``lock_file`` (created with its directory); yields False if
+    ``wait`` is off and another process holds it. The kernel releases it when the holder dies."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                yield False
+                return
+            raise
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class RunDir:
     """One run's directory: spec, status, provenance, checkpoints, metrics."""
 
@@ -172,19 +191,8 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self, *, wait: bool = True) -> Iterator[bool]:
         """Hold the run's exclusive lock; yields False if ``wait`` is off and another holds it."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except OSError as e:
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    yield False
-                    return
-                raise
-            try:
-                yield True
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with exclusive(self.path / ".lock", wait=wait) as got:
+            yield got
 
     def is_locked(self) -> bool:
         with self.lock(wait=False) as got:
