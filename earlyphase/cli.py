@@ -24,6 +24,16 @@ def _store(args: argparse.Namespace):
     return Store(args.store)
 
 
+def _existing_store(args: argparse.Namespace):
+    """The store a reading command looks at: never created, never written (a read-only store works)."""
+    from .store import Store
+
+    store = Store(args.store, create=False)
+    if not store.root.is_dir():
+        raise UserError(f"no store at {store.root}; check --store (or $EARLYPHASE_HOME), or train a run first")
+    return store
+
+
 def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="DIR", help="store root (default: $EARLYPHASE_HOME or ./earlyphase-store)")
 
@@ -75,7 +85,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    store = _store(args)
+    store = _existing_store(args)
     table = Table("run", "status", "data", "model", "steps", "seed", "last step", "test acc", box=None)
     for rd in store.runs():
         cfg = rd.spec().get("config", {})
@@ -90,7 +100,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = _existing_store(args)
     rd = store.find(args.run)
     print(f"run {rd.id} at {rd.path}")
     print("status:", json.dumps(rd.status()))
@@ -113,7 +123,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from .table_output import write_result
 
     warn = lambda msg: print(f"warning: {msg}", file=sys.stderr)  # noqa: E731
-    with result(_store(args), args.sql, warn=warn) as (schema, batches):
+    with result(_existing_store(args), args.sql, warn=warn) as (schema, batches):
         sys.stdout.flush()
         write_result(schema, batches, args.format, sys.stdout.buffer)
         sys.stdout.buffer.flush()

@@ -314,20 +314,20 @@ def test_bad_resume_checkpoint_leaves_status(ep, store, rid, snapshot, content, 
 
 # ------------------------------------------------------------------------------------ bad store
 
-@pytest.mark.parametrize("argv", [
-    pytest.param(["train", *TINY], id="train"),
-    pytest.param(["ls"], id="ls"),
-    pytest.param(["show", "abc"], id="show"),
-    pytest.param(["query", "SELECT 1"], id="query"),
-    pytest.param(["gc"], id="gc"),
+@pytest.mark.parametrize("argv,needle", [
+    pytest.param(["train", *TINY], "cannot be written", id="train"),
+    pytest.param(["ls"], "no store at", id="ls"),  # reading commands neither create nor write a store
+    pytest.param(["show", "abc"], "no store at", id="show"),
+    pytest.param(["query", "SELECT 1"], "no store at", id="query"),
+    pytest.param(["gc"], "cannot be written", id="gc"),
 ])
-def test_store_that_cannot_be_written(ep, tmp_path, snapshot, argv):
+def test_store_that_cannot_be_written(ep, tmp_path, snapshot, argv, needle):
     blocker = tmp_path / "file"
     blocker.write_text("a regular file, not a directory\n")
     bad = blocker / "store"
     before = snapshot(tmp_path)
     res = ep(*argv, "--store", bad)
-    assert_one_line_error(res, str(bad), "cannot be written", "--store")
+    assert_one_line_error(res, str(bad), needle, "--store")
     assert snapshot(tmp_path) == before
 
 
@@ -444,6 +444,7 @@ def test_ls(ep, store, rid):
 
 
 def test_ls_empty_store(ep, tmp_path):
+    (tmp_path / "fresh").mkdir()
     res = ep("ls", "--store", tmp_path / "fresh")
     assert res.code == 0, res.err
     assert "run" in res.out
@@ -469,7 +470,8 @@ def test_show_prefix(ep, store, rid):
 def test_show_unknown_and_ambiguous_prefix(ep, store, rid, snapshot):
     shutil.copytree(store / "runs" / rid, store / "runs" / (rid[:4] + "f" * 12))
     before = snapshot(store)
-    assert_one_line_error(ep("show", "zzzz", "--store", store), "no run", "earlyphase ls")
+    absent = next(c for c in "0123456789abcdef" if c != rid[0])
+    assert_one_line_error(ep("show", absent * 4, "--store", store), "no run", "earlyphase ls")
     assert_one_line_error(ep("show", rid[:4], "--store", store), "2 runs", "earlyphase ls")
     assert snapshot(store) == before
 
@@ -490,6 +492,7 @@ def test_query_runs(ep, store, rid):
 
 
 def test_query_empty_store(ep, tmp_path):
+    (tmp_path / "fresh").mkdir()
     res = ep("query", "SELECT count(*) AS n FROM metrics", "--store", tmp_path / "fresh", "--format", "json")
     assert res.code == 0, res.err
     assert json.loads(res.out) == [{"n": 0}]

@@ -41,3 +41,36 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     (tmp_path / "notes.tmp").write_text("not ours: no leading dot")
     remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png", "notes.tmp"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    from earlyphase.cli import main
+
+    store = tmp_path_factory.mktemp("ro") / "store"
+    assert main(["train", "--quiet", "--store", str(store), "--set", "train.steps=3it", "--set", "data.n_train=100",
+                 "--set", "data.n_test=50"]) == 0
+    (store / "runs" / next((store / "runs").iterdir()).name / ".lock").unlink()  # as if copied from elsewhere
+    return store
+
+
+def test_reading_commands_never_write(ep, trained, snapshot):
+    rid = next((trained / "runs").iterdir()).name
+    before = snapshot(trained)
+    for argv in (["ls"], ["show", rid[:6]], ["query", "SELECT count(*) FROM metrics"]):
+        res = ep(*argv, "--store", trained)
+        assert res.code == 0, (argv, res.err)
+    assert snapshot(trained) == before  # not even a lock file or a directory
+
+
+def test_a_mistyped_store_is_an_error_and_is_not_created(ep, tmp_path):
+    for argv in (["ls"], ["show", "abc"], ["query", "SELECT 1"]):
+        res = ep(*argv, "--store", tmp_path / "typo")
+        assert res.code == 2 and "no store at" in res.err and res.err.count("\n") == 1, res.err
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("prefix", ["d5be*", "../x", "..", "a/b", "ZZ", "0" * 17, ""])
+def test_show_takes_only_a_hex_prefix(ep, trained, prefix):
+    res = ep("show", prefix, "--store", trained)
+    assert res.code == 2 and "hex digits" in res.err and res.err.count("\n") == 1 and "Traceback" not in res.err

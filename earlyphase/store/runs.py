@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -49,7 +50,10 @@ class Store:
         return RunDir(self.root / "runs" / run_id)
 
     def find(self, prefix: str) -> "RunDir":
-        """A run by its id or a unique prefix of it."""
+        """A run by its id or a unique prefix of it (hex digits only: no pattern, no path)."""
+        if not re.fullmatch(r"[0-9a-f]{1,16}", prefix):
+            raise UserError(f"{prefix!r} is not a run id or a prefix of one (1-16 hex digits); list runs with "
+                            "`earlyphase ls`")
         runs_dir = self.root / "runs"
         matches = sorted(p for p in runs_dir.glob(f"{prefix}*") if p.is_dir()) if runs_dir.is_dir() else []
         if len(matches) != 1:
@@ -195,5 +199,17 @@ class RunDir:
             yield got
 
     def is_locked(self) -> bool:
-        with self.lock(wait=False) as got:
-            return not got
+        """Whether a process holds the run's lock; asks without writing (works on a read-only store)."""
+        try:
+            fh = open(self.path / ".lock")
+        except OSError:
+            return False  # no lock file: no process has ever trained it here
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return True
+                raise
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
