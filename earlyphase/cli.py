@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 from .errors import UserError
@@ -130,6 +131,17 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_tensorboard
+
+    experiment = Path(args.target) / "runs.json"
+    if args.store is None and experiment.is_file():  # an experiment directory knows its store
+        args.store = str(experiment.parent.parent.parent)
+    written = export_tensorboard(args.target, _existing_store(args), Path(args.tensorboard))
+    print(f"{len(written)} runs exported to {args.tensorboard}; view them with: tensorboard --logdir {args.tensorboard}")
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     store = _store(args)
     referenced = store.referenced_runs()
@@ -207,7 +219,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     store = Store(args.store)
     try:
         index = run_demo(demo_names(args.all, args.only), store, workers=args.workers, progress=not args.quiet,
-                         on_result=_print_check)
+                         on_result=_print_check, retry_failed=args.retry_failed)
     except RunsFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -267,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="run every experiment, not only the headline set")
     p.add_argument("--workers", type=int, default=2, help="runs trained at once (default 2)")
     p.add_argument("--only", action="append", metavar="EXPERIMENT", help="run only these experiments")
+    p.add_argument("--retry-failed", action="store_true", help="train failed runs again")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_store(p)
     p.set_defaults(func=cmd_demo)
@@ -287,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _add_store(p)
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("export", help="export a run's or an experiment's metrics (TensorBoard event files)",
+                       description="Write TensorBoard event files from the stored metrics: one directory per run, "
+                                   "one scalar tag per metric (split/name[/layer]).")
+    p.add_argument("target", help="a run id (or unique prefix) or an experiment directory <store>/experiments/<name>-<id>")
+    p.add_argument("--tensorboard", metavar="DIR", required=True, help="directory for the event files")
+    _add_store(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("gc", help="remove failed or abandoned runs no experiment refers to",
                        description="Lists what it would remove; --yes removes it. Done runs are kept "

@@ -75,3 +75,8 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({self.id}, status={self.status}, path={str(self.path)!r})"
+
+    def _repr_html_(self) -> str:
+        from .report.notebook import run_html
+
+        return run_html(self)

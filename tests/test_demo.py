@@ -48,6 +48,7 @@ def test_run_demo_prints_the_estimate_first_and_the_index_shows_figures_beside_v
     calls: list[str] = []
 
     def fake_run(name, **kw):
+        assert kw["retry_failed"] is True
         calls.append(name)
         return _FakeExperiment(store.root / "experiments" / name, name, {"a": True, "b": None}[name])
 
@@ -55,7 +56,8 @@ def test_run_demo_prints_the_estimate_first_and_the_index_shows_figures_beside_v
     monkeypatch.setattr("earlyphase.experiments.run_experiment", fake_run)
     log = io.StringIO()
     seen = []
-    index = run_demo(["a", "b"], store, workers=2, progress=False, log=log, on_result=lambda n, c: seen.append(n))
+    index = run_demo(["a", "b"], store, workers=2, progress=False, log=log, on_result=lambda n, c: seen.append(n),
+                     retry_failed=True)
     first = log.getvalue().splitlines()[0]
     assert "2 experiments" in first and "estimated training time 2 min" in first and "2 already stored" in first
     assert calls == ["a", "b"] == seen

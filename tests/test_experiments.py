@@ -201,3 +201,28 @@ def test_early_stats_experiment_records_every_step(tmp_path):
     assert glob.cos_final.iloc[-1] == pytest.approx(1.0) and glob.dist_final.iloc[-1] == pytest.approx(0.0)
     assert (exp.path / "early_phase_statistics.png").is_file()
     assert sorted(exp.results.step)[:21] == list(range(21))  # evaluated at every step to 20
+
+
+def test_export_an_experiment_to_tensorboard_one_directory_per_run(sweep, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    exp, store = sweep
+    assert main(["export", str(exp.path), "--tensorboard", str(tmp_path / "tb")]) == 0
+    dirs = sorted(p.name for p in (tmp_path / "tb").iterdir())
+    assert len(dirs) == len(exp.results)
+    imp = exp.results[(exp.results.control == "imp") & (exp.results.level == 3)].iloc[0]
+    name = f"imp_k={imp.k}_level=3_seed={imp.seed}-{imp.run_id}"
+    assert name in dirs
+    ea = EventAccumulator(str(tmp_path / "tb" / name))
+    ea.Reload()
+    assert ea.Scalars("test/accuracy")[-1].value == pytest.approx(imp.test_accuracy, abs=1e-6)
+
+
+def test_experiment_and_run_show_themselves_in_a_notebook(sweep):
+    exp, store = sweep
+    html = exp._repr_html_()
+    verdict = {True: "PASS", False: "FAIL"}[exp.check["pass"]]
+    assert verdict in html and "data:image/png;base64," in html and "dense_mean" in html
+    run = earlyphase.Run(store.run(exp.results.run_id.iloc[0]))
+    html = run._repr_html_()
+    assert run.id in html and "<svg" in html and f"{run.final_accuracy:.4g}" in html

@@ -105,6 +105,12 @@ class Experiment:
         verdict = {True: "PASS", False: "FAIL", None: "finding"}[self.check.get("pass")]
         return f"Experiment({self.name}, {verdict}, path={str(self.path)!r})"
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the verdict, the key numbers and the main figure."""
+        from ..report.notebook import experiment_html
+
+        return experiment_html(self.name, self.check, self.main_figure, self.report_path)
+
 
 def estimate_seconds(plan: Plan, store: Store, workers: int) -> tuple[float, int]:
     """Seconds for the runs not yet stored, from a 20-step timing of the first pending run's setup."""
