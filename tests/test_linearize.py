@@ -2,6 +2,7 @@
 first order, trained side by side with the network on the engine loop's batches, batch norm's running
 statistics untouched, the gap and its crossing."""
 import copy
+import math
 from dataclasses import replace
 
 import pandas as pd
@@ -135,25 +136,34 @@ def test_a_network_linear_in_its_parameters_keeps_a_zero_gap():
     assert crossing_step(frame) is None and "lin_gap_crossing" not in set(frame.name)
 
 
-def test_both_sides_train_on_the_engine_loops_batches_with_its_optimizer_and_mask():
+@pytest.mark.parametrize("shape, augment, full_batch", [((1, 40), False, False), ((1, 8, 8), True, False),
+                                                        ((1, 40), False, True)])
+def test_both_sides_train_on_the_engine_loops_batches_with_its_optimizer_and_mask(shape, augment, full_batch):
     """For a linear layer the Taylor model is the network: both must land exactly where the engine's
-    loop takes the network on the same DataOrder (a different batch, lr, momentum, weight decay or
-    mask anywhere would move them)."""
+    loop takes the network on the same DataOrder (a different batch, augmentation, lr, momentum,
+    weight decay or mask anywhere would move them)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(40, 3))
-    data = dataset()
-    mask = {"1.weight": (torch.rand(3, 40, generator=torch.Generator().manual_seed(3)) > 0.5).float()}
+    d = math.prod(shape)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(d, 3))
+    data = dataset(shape)
+    cfg = replace(SGD, batch_size=data.n_train) if full_batch else SGD
+
+    def order(seed: int = 0) -> DataOrder:
+        return DataOrder(data.n_train, cfg.batch_size, seed, augment=augment, shuffle=not full_batch,
+                         device=torch.device("cpu"), pad=2)
+
+    mask = {"1.weight": (torch.rand(3, d, generator=torch.Generator().manual_seed(3)) > 0.5).float()}
     steps = 20  # 3.3 epochs of batch 16 on 96 samples: reshuffled epochs, lr drop at 6
-    sbs = SideBySide(model, data, SGD, order_for(data), steps, mask=mask)
+    sbs = SideBySide(model, data, cfg, order(), steps, mask=mask)
     for t in range(steps):
         sbs.step(t)
-    reference = plain_training(model, data, SGD, order_for(data), steps, mask)
-    other_order = plain_training(model, data, SGD, order_for(data, seed=1), steps, mask)
-    for (name, ref), net, lin, other in zip(reference.named_parameters(), sbs.net.module.parameters(),
-                                            sbs.lin.module.parameters(), other_order.parameters()):
+    reference = plain_training(model, data, cfg, order(), steps, mask)
+    other = plain_training(model, data, replace(cfg, lr=cfg.lr * 1.01) if full_batch else cfg, order(1), steps, mask)
+    for (name, ref), net, lin, moved in zip(reference.named_parameters(), sbs.net.module.parameters(),
+                                            sbs.lin.module.parameters(), other.parameters()):
         assert torch.equal(net, ref), name
         torch.testing.assert_close(lin, ref, rtol=1e-5, atol=1e-6)
-        assert not torch.allclose(other, ref, atol=1e-4), name  # the comparison can tell orders apart
+        assert not torch.allclose(moved, ref, rtol=1e-5, atol=1e-6), name  # the comparison can tell them apart
     pruned = mask["1.weight"] == 0
     assert (sbs.lin.module[1].weight[pruned] == 0).all() and (sbs.net.module[1].weight[pruned] == 0).all()
 
