@@ -88,6 +88,7 @@ class ModelConfig:
     channels: tuple[int, ...] = ()  # vgg8_phases block channels; empty = the paper's 32-64-128-256-512
     init_mode: str = "fan_in"  # Kaiming normal's fan for conv/linear weights: fan_in | fan_out
     norm: str = "batch"  # vgg8_phases: "batch" (BatchNorm after each conv) | "none" (the BN-free control)
+    init_std: float = 0.0  # > 0: conv/linear weights drawn N(0, init_std^2) instead of Kaiming (prototypes' W0)
 
     def __post_init__(self) -> None:
         _check(all(w >= 1 for w in self.widths), f"model.widths must be positive, got {list(self.widths)}")
@@ -96,6 +97,7 @@ class ModelConfig:
         _check(self.init_mode in ("fan_in", "fan_out"),
                f"model.init_mode must be 'fan_in' or 'fan_out' (Kaiming normal's fan), got {self.init_mode!r}")
         _check(self.norm in ("batch", "none"), f"model.norm must be 'batch' or 'none', got {self.norm!r}")
+        _check(self.init_std >= 0, f"model.init_std must be >= 0 (0 = Kaiming normal), got {self.init_std}")
 
 
 @dataclass(frozen=True)

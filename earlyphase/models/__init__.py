@@ -64,7 +64,19 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int) ->
                         "leave model.norm at 'batch' (the model's own layers)")
     model = _BUILDERS[cfg.name](cfg, shape, out_dim)
     init_weights(model, cfg.init_mode)
+    if cfg.init_std > 0:
+        _normal_weights(model, cfg.init_std)
     return model
+
+
+@torch.no_grad()
+def _normal_weights(model: nn.Module, std: float) -> None:
+    """Conv/linear weights N(0, std²) (drawn after the Kaiming ones): an initialization scale fixed in
+    a config rather than by the fan, as the prototypes experiment needs (phase 1 is flat only while
+    the updates are small against the initial weights)."""
+    for module in model.modules():
+        if isinstance(module, _WEIGHTED):
+            nn.init.normal_(module.weight, 0.0, std)
 
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
