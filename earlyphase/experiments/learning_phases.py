@@ -8,7 +8,6 @@ pre-training for transfer, judged by :mod:`.phases_verdict`."""
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 

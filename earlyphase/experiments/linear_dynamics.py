@@ -177,70 +177,88 @@ class LinearDynamics(ExperimentDef):
                 "outputs": pd.concat(outs, ignore_index=True) if outs else pd.DataFrame()}
 
     def figures(self, cfg: LinearDynamicsConfig, tables: dict[str, pd.DataFrame], directory: Path) -> list[Path]:
-        from ..report import log_step_axis, new_figure, save_figure
-
         res, summary, ntk, outs = tables["results"], tables["summary"], tables["ntk"], tables["outputs"]
         paths: list[Path] = []
         groups = [(rid, g) for rid, g in res.groupby("run_id", sort=False) if g.seed.iloc[0] == 0]
         if groups:
-            fig, axes = new_figure(ncols=len(groups), width=4.6, height=3.4)
-            for ax, (rid, g) in zip(np.atleast_1d(axes), groups):
-                g = g[g.step > 0]
-                for col, label, style in (("loss_train", "network train", "-"), ("loss_test", "network test", "-"),
-                                          ("lin_loss_train", "linear train", "--"), ("lin_loss_test", "linear test", "--")):
-                    ax.plot(g.step, g[col], style, label=label)
-                ax.set_xscale("log")
-                ax.set_xlabel("step")
-                ax.set_ylabel("square loss")
-                ax.set_title(g.variant.iloc[0] if g.kind.iloc[0] == "image" else f"{g.variant.iloc[0]} ({g.model.iloc[0]})")
-                ax.legend()
-            paths += save_figure(fig, directory, "losses")
-            fig, axes = new_figure(ncols=2, width=4.6, height=3.4)
-            for rid, g in groups:
-                g = g[g.step > 0]
-                label = g.variant.iloc[0] if g.kind.iloc[0] == "image" else f"{g.variant.iloc[0]} ({g.model.iloc[0]})"
-                axes[0].plot(g.step, g.gap_rel, label=label)
-                axes[1].plot(g.step, g.gap_mse, label=label)
-            axes[0].axhline(cfg.gap_threshold, color="grey", ls=":", label=f"threshold {cfg.gap_threshold}")
-            for _, s in summary[summary.seed == 0].iterrows():
-                if np.isfinite(s.t_reduction):
-                    axes[0].axvline(s.t_reduction, color="grey", ls="--", lw=0.7)
-            axes[0].set_title(f"RMS(f_net − f_lin) / RMS(f_lin) on test (dashed: {100 * cfg.reduction:g} % of the "
-                              "linear model's test-loss reduction)")
-            axes[1].set_title("mean squared gap of test outputs")
-            for ax in axes:
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-                ax.set_xlabel("step")
-                ax.legend()
-            paths += save_figure(fig, directory, "gap")
-        if len(outs):
-            pick = [s for s in sorted(outs.step.unique()) if s > 0]
-            fig, axes = new_figure(ncols=max(1, len(pick)), width=3.2, height=3.2)
-            for ax, s in zip(np.atleast_1d(axes), pick):
-                o = outs[outs.step == s]
-                ax.scatter(o.out_lin, o.out_net, s=4, alpha=0.6)
-                lo, hi = float(min(o.out_lin.min(), o.out_net.min())), float(max(o.out_lin.max(), o.out_net.max()))
-                ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
-                ax.set_xlabel("linear model output")
-                ax.set_ylabel("network output")
-                ax.set_title(f"step {int(s)}")
-            paths += save_figure(fig, directory, "outputs_scatter")
-        sweeps = [(k, col) for k, col in (("sweep_width", "width"), ("sweep_dim", "dim")) if (ntk.kind == k).any()]
-        if sweeps:
-            fig, axes = new_figure(ncols=len(sweeps), width=4.2, height=3.2)
-            for ax, (kind, col) in zip(np.atleast_1d(axes), sweeps):
-                s = ntk[ntk.kind == kind].sort_values(col)
-                ax.plot(s[col], s.ntk_gap, marker="o")
-                ax.set_xscale("log")
-                ax.set_xlabel("width m" if col == "width" else "input dimension d")
-                ax.set_ylabel("‖Θ − Θ_lin‖ / ‖Θ_lin‖")
-                ax.set_title(f"spectral gap at initialization against {col}")
-            paths += save_figure(fig, directory, "spectral_gap")
-        return paths
+            paths += _trajectory_figures(cfg, groups, summary, directory)
+        return paths + _output_and_sweep_figures(outs, ntk, directory)
 
     def check(self, cfg: LinearDynamicsConfig, tables: dict[str, pd.DataFrame]) -> Check:
         return linear_dynamics_check(cfg, tables["summary"])
+
+
+def _label(g: pd.DataFrame) -> str:
+    return g.variant.iloc[0] if g.kind.iloc[0] == "image" else f"{g.variant.iloc[0]} ({g.model.iloc[0]})"
+
+
+def _trajectory_figures(cfg: LinearDynamicsConfig, groups: list, summary: pd.DataFrame, directory: Path) -> list[Path]:
+    """``losses``: network and linear model per run; ``gap`` (the main figure): the relative and absolute
+    output gaps, the threshold and the steps where the linear model has made ``reduction`` of its progress."""
+    from ..report import new_figure, save_figure
+
+    fig, axes = new_figure(ncols=len(groups), width=4.6, height=3.4)
+    for ax, (rid, g) in zip(np.atleast_1d(axes), groups):
+        g = g[g.step > 0]
+        for col, label, style in (("loss_train", "network train", "-"), ("loss_test", "network test", "-"),
+                                  ("lin_loss_train", "linear train", "--"), ("lin_loss_test", "linear test", "--")):
+            ax.plot(g.step, g[col], style, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("square loss")
+        ax.set_title(_label(g))
+        ax.legend()
+    paths = save_figure(fig, directory, "losses")
+    fig, axes = new_figure(ncols=2, width=4.6, height=3.4)
+    for rid, g in groups:
+        g = g[g.step > 0]
+        axes[0].plot(g.step, g.gap_rel, label=_label(g))
+        axes[1].plot(g.step, g.gap_mse, label=_label(g))
+    axes[0].axhline(cfg.gap_threshold, color="grey", ls=":", label=f"threshold {cfg.gap_threshold}")
+    for _, s in summary[summary.seed == 0].iterrows():
+        if np.isfinite(s.t_reduction):
+            axes[0].axvline(s.t_reduction, color="grey", ls="--", lw=0.7)
+    axes[0].set_title(f"RMS(f_net − f_lin) / RMS(f_lin) on test (dashed: {100 * cfg.reduction:g} % of the "
+                      "linear model's test-loss reduction)")
+    axes[1].set_title("mean squared gap of test outputs")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.legend()
+    return paths + save_figure(fig, directory, "gap")
+
+
+def _output_and_sweep_figures(outs: pd.DataFrame, ntk: pd.DataFrame, directory: Path) -> list[Path]:
+    """``outputs_scatter``: network against linear outputs at a few steps; ``spectral_gap``: the gap at
+    initialization against width and d."""
+    from ..report import new_figure, save_figure
+
+    paths: list[Path] = []
+    if len(outs):
+        pick = [s for s in sorted(outs.step.unique()) if s > 0]
+        fig, axes = new_figure(ncols=max(1, len(pick)), width=3.2, height=3.2)
+        for ax, s in zip(np.atleast_1d(axes), pick):
+            o = outs[outs.step == s]
+            ax.scatter(o.out_lin, o.out_net, s=4, alpha=0.6)
+            lo, hi = float(min(o.out_lin.min(), o.out_net.min())), float(max(o.out_lin.max(), o.out_net.max()))
+            ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+            ax.set_xlabel("linear model output")
+            ax.set_ylabel("network output")
+            ax.set_title(f"step {int(s)}")
+        paths += save_figure(fig, directory, "outputs_scatter")
+    sweeps = [(k, col) for k, col in (("sweep_width", "width"), ("sweep_dim", "dim")) if (ntk.kind == k).any()]
+    if sweeps:
+        fig, axes = new_figure(ncols=len(sweeps), width=4.2, height=3.2)
+        for ax, (kind, col) in zip(np.atleast_1d(axes), sweeps):
+            s = ntk[ntk.kind == kind].sort_values(col)
+            ax.plot(s[col], s.ntk_gap, marker="o")
+            ax.set_xscale("log")
+            ax.set_xlabel("width m" if col == "width" else "input dimension d")
+            ax.set_ylabel("‖Θ − Θ_lin‖ / ‖Θ_lin‖")
+            ax.set_title(f"spectral gap at initialization against {col}")
+        paths += save_figure(fig, directory, "spectral_gap")
+    return paths
 
 
 def statement(cfg: LinearDynamicsConfig) -> str:
@@ -248,10 +266,10 @@ def statement(cfg: LinearDynamicsConfig) -> str:
     r = cfg.run
     n_train = r.data.n_train or (DEFAULT_N_TRAIN if r.data.name == "gaussian" else "all")
     n_test = r.data.n_test or (DEFAULT_N_TEST if r.data.name == "gaussian" else "all")
-    batch = "full-batch" if r.train.full_batch else f"batch-{r.train.batch_size}"
+    batch = "full-batch gradient descent" if r.train.full_batch else f"SGD with batch {r.train.batch_size}"
     return (f"{r.model.name} {r.model.activation}, d = {r.data.dim}, m = {r.model.width}, n = {n_train} train and "
             f"{n_test} test {r.data.name} samples, {cfg.mode}-layer mode, learning rate {r.train.lr:g}, "
-            f"{r.train.steps} {batch} steps: the relative spectral gap ||Theta - Theta_lin|| / ||Theta_lin|| is "
+            f"{r.train.steps} of {batch}: the relative spectral gap ||Theta - Theta_lin|| / ||Theta_lin|| is "
             f"below {cfg.spectral_gap_max:g} at initialization; the relative output gap on the test set (RMS of "
             f"f_net - f_lin over RMS of f_lin) stays below {cfg.gap_threshold:g} until the linear model has made "
             f"{100 * cfg.reduction:g} % of its eventual test-loss reduction; later the network's test loss goes "

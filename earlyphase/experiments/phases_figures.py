@@ -39,6 +39,7 @@ def _reconstruction_panel(ax: Axes, curves: pd.DataFrame, phases: pd.DataFrame, 
         for steps, marker, size in ((ph.phase1_end, "v", 7), (ph.minimum_step, "*", 9)):
             for s in sorted({int(x) for x in steps if pd.notna(x)}):
                 ax.plot([s], [y_at.get(s, np.nan)], marker=marker, color=line.get_color(), ms=size, ls="none")
+    ax.set_yscale("log")  # early blocks reconstruct almost perfectly at first: their ratios span decades
     ax.set_ylabel("test reconstruction MSE / its step-0 value")
     ax.set_title(f"{network}: reconstruction per layer (▼ end of phase 1, ★ minimum)")
     ax.legend(fontsize=6)

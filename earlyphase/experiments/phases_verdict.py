@@ -72,13 +72,10 @@ def network_verdict(phases: pd.DataFrame, curves: pd.DataFrame, network: str, k:
             "phases_majority": bool(n_three > len(pen) / 2), "inverted_u": u}
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:+.1f} %"
-
-
 def _phases_text(v: dict, pen: pd.DataFrame) -> str:
-    per = "; ".join(f"seed {int(r.seed)}: {'all three' if r.all_three else 'not all'} (drop {_pct(-r.drop)}, "
-                    f"rise {_pct(r.rise)}, minimum at step {int(r.minimum_step)})" for r in pen.itertuples())
+    per = "; ".join(f"seed {int(r.seed)}: {'all three' if r.all_three else 'not all three'} (falls "
+                    f"{100 * r.drop:.1f} % to its minimum at step {int(r.minimum_step)}, then rises {100 * r.rise:.1f} %)"
+                    for r in pen.itertuples())
     return (f"{v['network']}: {v['seeds_with_all_three_phases']} of {v['seeds']} seeds show all three phases at "
             f"{v['layer']} ({per})")
 
@@ -91,7 +88,7 @@ def _transfer_text(v: dict, k: float) -> str:
             f"{k * u.pooled_std_last:.3f}; best source accuracy at step {u.best_source_step}")
 
 
-def _failures(v: dict) -> list[str]:
+def _failures(v: dict, k: float) -> list[str]:
     u: InvertedU = v["inverted_u"]
     why = []
     if not v["phases_majority"]:
@@ -99,15 +96,21 @@ def _failures(v: dict) -> list[str]:
     if not u.interior:
         why.append(f"transfer is best at the {'first' if u.best_step == 0 else 'last'} checkpoint (no inverted U)")
     else:
-        if not (u.beats_first and u.beats_last):
-            why.append("the transfer peak is within noise of the step-0 or the last checkpoint's accuracy")
+        for beats, name, acc, margin, pooled in ((u.beats_first, "step-0", u.first_accuracy, u.margin_first,
+                                                  u.pooled_std_first),
+                                                 (u.beats_last, "last checkpoint's", u.last_accuracy, u.margin_last,
+                                                  u.pooled_std_last)):
+            if not beats:
+                why.append(f"the transfer peak ({u.best_accuracy:.3f} at step {u.best_step}) is within noise of the "
+                           f"{name} accuracy ({acc:.3f}): a margin of {margin:.3f} against {k:g} pooled std = "
+                           f"{k * pooled:.3f}")
         if not u.before_source:
             why.append(f"the best transfer stop (step {u.best_step}) does not come before the best source step "
                        f"({u.best_source_step})")
     return why
 
 
-def _meaning(main: dict, passed: bool | None, controls: list[dict]) -> str:
+def _meaning(main: dict, passed: bool | None, controls: list[dict], k: float) -> str:
     if passed is None:
         text = "No verdict: the transfer rule needs a standard deviation over at least 2 seeds."
     elif passed:
@@ -115,7 +118,7 @@ def _meaning(main: dict, passed: bool | None, controls: list[dict]) -> str:
                 "about the input, and features stopped early transfer better than both the initial and the "
                 "fully trained ones, before the source task is at its best.")
     else:
-        text = "The claim does not hold on this run: " + "; ".join(_failures(main)) + "."
+        text = "The claim does not hold on this run: " + "; ".join(_failures(main, k)) + "."
     for c in controls:
         state = "also shows" if c["phases_majority"] else "does not show"
         text += f" The {c['network']} control {state} the phases for a majority of seeds"
@@ -160,6 +163,6 @@ def learning_phases_check(statement: str, tables: dict[str, pd.DataFrame], main:
                          + [_transfer_text(x, k) for x in verdicts]) + "."
     c = curves[curves.layer == v["layer"]][["network", "step", "target_probe_accuracy_mean", "target_probe_accuracy_std",
                                            "classifier_accuracy_mean", "classifier_accuracy_std"]]
-    return Check(statement, passed, numbers, measured=measured, meaning=_meaning(v, passed, verdicts[1:]),
+    return Check(statement, passed, numbers, measured=measured, meaning=_meaning(v, passed, verdicts[1:], k),
                  tables={"phases": pen[[col for col in PHASE_COLUMNS if col in pen]].reset_index(drop=True),
                          "transfer": transfer.reset_index(drop=True), "transfer_mean_curve": c.reset_index(drop=True)})
