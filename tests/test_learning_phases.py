@@ -221,6 +221,7 @@ def test_transfer_figure_has_no_negative_steps(tiny, tmp_path):
     (["rho=1.0"], ["rho must be in (0, 1)"]),
     (['bn_stats="fresh"'], ["bn_stats must be"]),
     (['run.model.norm="group"'], ["model.norm must be"]),
+    (['run.model.name="resnet_cifar_20"', 'run.data.name="digits"'], ["bn_free_control needs"]),
 ])
 def test_bad_input_is_one_line_exit_2(ep, tmp_path, snapshot, extra, words):
     argv = ["run", "learning_phases", "--store", tmp_path / "s", "--quiet"]

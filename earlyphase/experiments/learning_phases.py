@@ -82,10 +82,14 @@ def seed_run(cfg: LearningPhasesConfig, seed: int, control: bool = False) -> Run
 def networks(cfg: LearningPhasesConfig, model: torch.nn.Module) -> list[str]:
     """The networks trained: the configured one (named by whether it has BN) and, where it has BN
     and the control is asked for, the BN-free control."""
+    from ..models import NORM_FREE
     from ..probes.batchnorm import has_batchnorm
 
     if not has_batchnorm(model):
         return [BN_FREE]
+    if cfg.bn_free_control and cfg.run.model.name not in NORM_FREE:
+        raise UserError(f"bn_free_control needs a network that can be built without BatchNorm ({', '.join(NORM_FREE)}), "
+                        f"not {cfg.run.model.name!r}; set bn_free_control = false")
     return [WITH_BN, BN_FREE] if cfg.bn_free_control else [WITH_BN]
 
 
