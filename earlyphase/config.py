@@ -57,6 +57,7 @@ class DataConfig:
     spectrum: str = "isotropic"  # gaussian covariance: isotropic | power:ALPHA
     num_classes: int = 10  # prototypes
     atypical: float = 0.1  # prototypes: fraction of atypical samples
+    atypical_alignment: float = 0.2  # prototypes: weight of the prototype in an atypical sample (typical: 1)
     sphere: bool = False  # rescale each input to norm sqrt(d) (after normalize), as SPEC §3.2 needs
 
     def __post_init__(self) -> None:
@@ -67,6 +68,8 @@ class DataConfig:
         _check(self.targets in ("index", "pm1"), f"data.targets must be 'index' or 'pm1', got {self.targets!r}")
         _check(self.dim >= 1, f"data.dim must be >= 1, got {self.dim}")
         _check(0.0 <= self.atypical <= 1.0, f"data.atypical must be in [0, 1], got {self.atypical}")
+        _check(self.atypical_alignment >= 0.0,
+               f"data.atypical_alignment must be >= 0 (the prototype's weight), got {self.atypical_alignment}")
         if self.classes is not None:
             _check(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes),
                    f"data.classes must list at least two distinct classes, got {list(self.classes)}")
@@ -84,6 +87,8 @@ class ModelConfig:
     prune_output: bool = False  # whether the output layer's weight is prunable
     channels: tuple[int, ...] = ()  # vgg8_phases block channels; empty = the paper's 32-64-128-256-512
     init_mode: str = "fan_in"  # Kaiming normal's fan for conv/linear weights: fan_in | fan_out
+    norm: str = "batch"  # vgg8_phases: "batch" (BatchNorm after each conv) | "none" (the BN-free control)
+    init_std: float = 0.0  # > 0: conv/linear weights drawn N(0, init_std^2) instead of Kaiming (prototypes' W0)
 
     def __post_init__(self) -> None:
         _check(all(w >= 1 for w in self.widths), f"model.widths must be positive, got {list(self.widths)}")
@@ -91,6 +96,8 @@ class ModelConfig:
         _check(all(c >= 1 for c in self.channels), f"model.channels must be positive, got {list(self.channels)}")
         _check(self.init_mode in ("fan_in", "fan_out"),
                f"model.init_mode must be 'fan_in' or 'fan_out' (Kaiming normal's fan), got {self.init_mode!r}")
+        _check(self.norm in ("batch", "none"), f"model.norm must be 'batch' or 'none', got {self.norm!r}")
+        _check(self.init_std >= 0, f"model.init_std must be >= 0 (0 = Kaiming normal), got {self.init_std}")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 the linear model's pieces, and bad input through the command line."""
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -9,6 +11,8 @@ import earlyphase
 from earlyphase.cli import main
 from earlyphase.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from earlyphase.data import load_dataset
+from earlyphase.experiments.linear_dynamics import LinearDynamics, summarize
+from earlyphase.experiments.runner import load_experiment_config
 from earlyphase.probes.linear_model import KernelGD, LinearKernel, fit_kernel, spectral_norm
 from earlyphase.store import Store
 
@@ -32,8 +36,9 @@ def test_check_and_tables(tiny):
     exp, _ = tiny
     check = json.loads((exp.path / "check.json").read_text())
     assert set(check) >= {"experiment", "statement", "pass", "numbers", "wall_seconds"}
-    assert set(check["numbers"]) >= {"ntk_gap_at_init", "t90_step", "max_gap_rel_until_t90",
+    assert set(check["numbers"]) >= {"ntk_gap_at_init", "reduction_step", "max_gap_rel_until_reduction_step",
                                      "net_test_loss_below_linear_from_step", "gap_rel_exceeds_0.15_at_step"}
+    assert check["measured"] and check["meaning"] and (exp.path / "check-main_runs.csv").is_file()
     assert set(exp.tables["summary"].kind) == {"main", "image"}
     assert set(exp.tables["ntk"].kind) == {"main", "image", "sweep_width"}
     for name in ("losses", "gap", "outputs_scatter", "spectral_gap"):
@@ -128,3 +133,60 @@ def test_bad_input_is_one_line_exit_2(override, needle, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("error:") and needle in err
+
+
+# ---------------------------------------------------------------------------------------------- the check
+
+
+def _summary(**changes) -> pd.DataFrame:
+    """A main run's summary row that meets every clause of the laptop statement, with ``changes``."""
+    row = {"kind": "main", "variant": "isotropic", "seed": 0, "run_id": "r", "ntk_gap": 0.12, "t_reduction": 400,
+           "max_gap_rel_to_t_reduction": 0.08, "net_below_lin_step": 900, "threshold_step": 700,
+           "final_loss_test": 0.30, "final_lin_loss_test": 0.35, "final_agreement": 0.9, "ntk_fit_residual": np.nan}
+    return pd.DataFrame([{**row, **changes}])
+
+
+@pytest.fixture(scope="module")
+def laptop_cfg():
+    return load_experiment_config(LinearDynamics(), preset="laptop")
+
+
+def test_check_passes_on_a_summary_meeting_every_clause(laptop_cfg):
+    chk = LinearDynamics().check(laptop_cfg, {"summary": _summary()})
+    assert chk.passed is True and "linear model" in chk.meaning
+    assert "below 0.2" in chk.statement and "below 0.15" in chk.statement and "90 %" in chk.statement
+    assert "d = 100, m = 2000, n = 2000 train and 1000 test" in chk.statement
+    assert list(chk.tables["main_runs"].columns[-3:]) == ["spectral_gap_ok", "output_gap_ok", "network_overtakes"]
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"ntk_gap": 0.25}, "spectral gap at initialization reaches 0.250"),
+    ({"max_gap_rel_to_t_reduction": 0.2}, "output gap reaches 0.200"),
+    ({"max_gap_rel_to_t_reduction": np.nan}, "output gap"),
+    ({"net_below_lin_step": -1}, "never goes below"),
+])
+def test_check_fails_when_any_clause_fails(laptop_cfg, changes, words):
+    chk = LinearDynamics().check(laptop_cfg, {"summary": _summary(**changes)})
+    assert chk.passed is False and words in chk.meaning
+
+
+def test_check_statement_and_bounds_follow_the_config():
+    cfg = load_experiment_config(LinearDynamics(), preset="laptop",
+                                 overrides=["spectral_gap_max=0.3", "gap_threshold=0.25", "reduction=0.5"])
+    chk = LinearDynamics().check(cfg, {"summary": _summary(ntk_gap=0.25, max_gap_rel_to_t_reduction=0.2)})
+    assert chk.passed is True and "below 0.3" in chk.statement and "50 %" in chk.statement
+    two = pd.concat([_summary(), _summary(seed=1, net_below_lin_step=-1)], ignore_index=True)
+    assert LinearDynamics().check(cfg, {"summary": two}).passed is False  # every seed must meet the claim
+
+
+def test_summarize_finds_the_reduction_step_and_the_overtaking():
+    steps = np.arange(0, 11)
+    lin = 1.0 - 0.1 * steps  # reaches 90 % of its reduction (1.0 -> 0.0) at step 9
+    net = lin.copy()
+    net[10] = -0.5  # the network overtakes at the last step
+    g = pd.DataFrame({"step": steps, "lin_loss_test": lin, "loss_test": net, "gap_rel": 0.01 * steps,
+                      "agreement": 1.0})
+    s = summarize(g, threshold=0.05, reduction=0.9)
+    assert s["t_reduction"] == 9 and s["max_gap_rel_to_t_reduction"] == pytest.approx(0.09)
+    assert s["net_below_lin_step"] == 10 and s["threshold_step"] == 6
+    assert summarize(g, threshold=0.05, reduction=0.5)["t_reduction"] == 5

@@ -185,26 +185,58 @@ def test_default_layers_of_vgg8_phases_and_cnn1d():
     assert default_layers(c1) == ["body.1", "body.3", "body"]
 
 
-def test_phase_rules_on_synthetic_curves():
-    steps = [0, 1, 2, 4, 8, 16, 32, 64]
-    u = [1.0, 1.005, 1.0, 0.97, 0.8, 0.7, 0.75, 0.8]
-    ph = detect_phases(steps, u)
+STEPS = [0, 1, 2, 4, 8, 16, 32, 64]
+THREE = [1.0, 1.005, 1.0, 0.97, 0.8, 0.7, 0.75, 0.8]  # flat, falls 30 %, rises 14 % above the minimum
+
+
+def test_a_real_three_phase_curve_shows_all_three():
+    ph = detect_phases(STEPS, THREE)
     assert ph.all_three and ph.phase1_end == 4 and ph.minimum_step == 16 and ph.last_step == 64
     assert ph.drop == pytest.approx(0.3) and ph.rise == pytest.approx(0.8 / 0.7 - 1)
-    # no flat start: the first checkpoint already moved more than 2 %
-    assert not detect_phases(steps, [1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.65, 0.7]).all_three
-    # minimum at the end: no phase 3
-    mono = detect_phases(steps, [1.0, 1.0, 0.99, 0.9, 0.8, 0.7, 0.6, 0.5])
-    assert not mono.all_three and not mono.minimum_before_end and mono.phase1_end == 4
-    # a rise within δ is not phase 3; a larger δ rejects more
-    small = [1.0, 1.0, 0.9, 0.8, 0.7, 0.7, 0.71, 0.71]
-    assert not detect_phases(steps, small).rises
-    assert detect_phases(steps, small, delta=0.001).rises
-    assert not detect_phases(steps, u, delta=0.2).rises
-    # never falls more than δ: phase 1 does not end
-    assert detect_phases(steps, [1.0] * 8).phase1_end is None
+
+
+@pytest.mark.parametrize("curve, failing", [
+    ([1.0, 1.0, 1.0, 1.05, 1.1, 1.2, 1.4, 1.6], {"drops", "minimum_after_phase1"}),  # rises only (minimum at step 0)
+    ([1.0, 1.0, 0.99, 0.9, 0.8, 0.7, 0.6, 0.5], {"minimum_before_end", "rises"}),  # falls only
+    ([1.0, 1.001, 0.999, 1.0, 1.01, 0.995, 1.0, 1.005], {"drops", "minimum_after_phase1", "rises"}),  # flat
+    ([1.0, 1.0, 1.0, 0.97, 0.8, 0.7, 0.72, 0.76], {"rises"}),  # rises 8.6 %: below ρ = 10 %
+    ([1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.65, 0.7], {"flat_start"}),  # first checkpoint already 5 % down
+    ([1.0, 1.0, 0.9, 0.8, 0.7, 0.6, 0.65, 0.7], {"flat_start"}),  # second checkpoint 10 % down
+])
+def test_curves_without_the_three_phases(curve, failing):
+    ph = detect_phases(STEPS, curve).as_dict()
+    assert not ph["all_three"]
+    tests = ("flat_start", "drops", "minimum_after_phase1", "minimum_before_end", "rises")
+    assert {t for t in tests if not ph[t]} == failing
+
+
+def test_phase_boundaries_are_exact():
+    """δ = 0.25, ρ = 0.5: values exactly on a boundary are representable, so each inequality is tested
+    at equality: within δ counts as flat, exactly δ below counts as a drop but does not end phase 1,
+    a rise of exactly ρ counts."""
+    steps = [0, 1, 2, 4, 8, 16]
+    ph = detect_phases(steps, [1.0, 0.75, 1.25, 0.7, 0.5, 0.75], delta=0.25, rho=0.5)
+    assert ph.flat_start and ph.phase1_end == 4 and ph.minimum_step == 8 and ph.rises and ph.all_three
+    just_below = detect_phases(steps, [1.0, 1.0, 1.0, 0.7, 0.5, 0.7499], delta=0.25, rho=0.5)
+    assert not just_below.rises and not just_below.all_three
+    not_flat = detect_phases(steps, [1.0, 1.0, 1.2501, 0.7, 0.5, 0.75], delta=0.25, rho=0.5)
+    assert not not_flat.flat_start
+    # a minimum exactly δ below step 0 drops, but no checkpoint is *more* than δ below: phase 1 never ends
+    edge = detect_phases(steps, [1.0, 1.0, 1.0, 0.9, 0.75, 1.2], delta=0.25, rho=0.5)
+    assert edge.drops and edge.phase1_end is None and not edge.minimum_after_phase1 and not edge.all_three
+    # the minimum at the end of phase 1 itself: phase 2 has no length
+    at_end = detect_phases(steps, [1.0, 1.0, 1.0, 0.5, 0.6, 0.9], delta=0.25, rho=0.5)
+    assert at_end.phase1_end == 4 and at_end.minimum_step == 4 and not at_end.minimum_after_phase1
+
+
+def test_phase_rule_inputs():
+    assert detect_phases(STEPS, [1.0] * 8).phase1_end is None
+    assert not detect_phases([0, 1], [1.0, 0.5]).flat_start  # too short to have a flat start
     with pytest.raises(ValueError):
         detect_phases([1, 2], [1.0, 1.0])
+    for bad in ({"delta": 0.0}, {"delta": 1.0}, {"rho": 0.0}, {"rho": 1.5}, {"rho": -0.1}):
+        with pytest.raises(UserError, match="must be in \\(0, 1\\)"):
+            detect_phases(STEPS, THREE, **bad)
 
 
 def _linear_task(n=600, d=12, classes=3, seed=0):

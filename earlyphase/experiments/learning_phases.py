@@ -1,12 +1,13 @@
-"""SPEC §4: Schneider & Prabhushankar's learning phases. One run per seed with checkpoints at 0 and
-powers of two; at each checkpoint, for each probed layer, the test-set reconstruction MSE of a
-decoder fit on the training set, a linear probe's accuracy for the source labels and for a transfer
-target, and the classifier's own accuracy and loss; the three phases of each reconstruction curve
-(SPEC §4.2) and the best moment to stop pre-training for transfer (SPEC §4.3)."""
+"""Schneider & Prabhushankar's learning phases (see docs/experiments/learning_phases.md). One run per
+seed with checkpoints at 0 and powers of two, and beside it the same network without BatchNorm (the
+control); at each checkpoint, with BN statistics re-estimated on the training set (or the stored
+ones), for each probed layer, the test-set reconstruction MSE of a decoder fit on the training set, a
+linear probe's accuracy for the source labels and for a transfer target, and the classifier's own
+accuracy and loss; the three phases of each reconstruction curve and the best moment to stop
+pre-training for transfer, judged by :mod:`.phases_verdict`."""
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,17 +18,18 @@ import torch
 from ..config import DataConfig, RunConfig, _check, canonical_json, to_dict
 from ..data import load_dataset
 from ..errors import UserError
+from ..probes.phases import check_tolerances
 from ..steps import parse_step, steps_per_epoch
 from ..store import Store
 from ..store.atomic import write_bytes_atomic
 from ..threads import pinned_threads
 from ..train.schedules import checkpoint_steps
 from .base import Check, ExperimentDef, Plan
+from .phases_verdict import learning_phases_check
 
-STATEMENT = ("On the embedded data with a conv net, the penultimate layer's reconstruction curve shows all three "
-             "phases for a majority of seeds, and the best transfer stop comes before the step of best source "
-             "accuracy.")
 TARGETS = ("auto", "color_dominance", "energy_half", "labels")
+BN_STATS = ("reestimate", "stored")
+WITH_BN, BN_FREE = "with_bn", "bn_free"  # the ``network`` column: the network as configured, its BN-free control
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,11 @@ class LearningPhasesConfig:
     run: RunConfig = field(default_factory=RunConfig)  # observe.schedule = "pow2" gives 0 and 2^i
     seeds: int = 3
     layers: tuple[str, ...] = ()  # module names; empty = every block and the penultimate features
-    delta: float = 0.02  # phase rules' tolerance, relative (SPEC §4.2)
+    delta: float = 0.02  # phase rules' tolerance, relative: flat start and drop
+    rho: float = 0.10  # phase 3: the last loss at least this far (relative) above the minimum
+    transfer_std: float = 2.0  # the inverted U's top beats step 0 and the end by more than this many pooled std
+    bn_stats: str = "reestimate"  # reestimate (BN statistics on the training set at each checkpoint) | stored
+    bn_free_control: bool = True  # also train and probe the network without BatchNorm (where it has BN)
     holdout: float = 0.2  # of the training set, to choose the ridge strength
     chunk: int = 1000  # images per streamed forward pass
     decoder: str = "ridge"  # ridge (closed form) | adam_linear | conv (the paper code's, 20 epochs of Adam)
@@ -47,7 +53,9 @@ class LearningPhasesConfig:
 
     def __post_init__(self) -> None:
         _check(self.seeds >= 1, f"seeds must be >= 1, got {self.seeds}")
-        _check(0.0 <= self.delta < 1.0, f"delta must be in [0, 1), got {self.delta}")
+        check_tolerances(self.delta, self.rho)
+        _check(self.transfer_std > 0, f"transfer_std must be > 0, got {self.transfer_std}")
+        _check(self.bn_stats in BN_STATS, f"bn_stats must be 'reestimate' or 'stored', got {self.bn_stats!r}")
         _check(0.0 <= self.holdout < 1.0, f"holdout must be in [0, 1), got {self.holdout}")
         _check(self.chunk >= 1, f"chunk must be >= 1, got {self.chunk}")
         _check(self.decoder in ("ridge", "adam_linear", "conv"),
@@ -65,8 +73,24 @@ class LearningPhasesConfig:
 # plan
 
 
-def seed_run(cfg: LearningPhasesConfig, seed: int) -> RunConfig:
-    return cfg.run.replace(seed=seed, data_seed=seed)
+def seed_run(cfg: LearningPhasesConfig, seed: int, control: bool = False) -> RunConfig:
+    """Replicate ``seed`` of the configured network, or (``control``) of its BN-free control."""
+    run = cfg.run.replace(seed=seed, data_seed=seed)
+    return run.replace(model=replace(run.model, norm="none")) if control else run
+
+
+def networks(cfg: LearningPhasesConfig, model: torch.nn.Module) -> list[str]:
+    """The networks trained: the configured one (named by whether it has BN) and, where it has BN
+    and the control is asked for, the BN-free control."""
+    from ..models import NORM_FREE
+    from ..probes.batchnorm import has_batchnorm
+
+    if not has_batchnorm(model):
+        return [BN_FREE]
+    if cfg.bn_free_control and cfg.run.model.name not in NORM_FREE:
+        raise UserError(f"bn_free_control needs a network that can be built without BatchNorm ({', '.join(NORM_FREE)}), "
+                        f"not {cfg.run.model.name!r}; set bn_free_control = false")
+    return [WITH_BN, BN_FREE] if cfg.bn_free_control else [WITH_BN]
 
 
 def probe_steps(run: RunConfig, n_train: int) -> list[int]:
@@ -110,9 +134,13 @@ def target_labels(cfg: LearningPhasesConfig, source) -> tuple[torch.Tensor, torc
     return t.y_train, t.y_test, t.num_classes, f"labels:{cfg.target_data.name}"
 
 
+NOT_PROBED = ("run", "seeds", "delta", "rho", "transfer_std", "bn_free_control")  # fields the probe rows do not depend on
+
+
 def _probe_key(cfg: LearningPhasesConfig, layers: list[str], steps: list[int]) -> str:
-    what = {k: v for k, v in to_dict(cfg).items() if k not in ("run", "seeds", "delta")}
-    return hashlib.sha256(canonical_json({"p": what, "l": layers, "s": steps, "v": 1}).encode()).hexdigest()[:12]
+    """Cache key of a run's probe rows: every probe setting, bn_stats included, the layers and steps."""
+    what = {k: v for k, v in to_dict(cfg).items() if k not in NOT_PROBED}
+    return hashlib.sha256(canonical_json({"p": what, "l": layers, "s": steps, "v": 2}).encode()).hexdigest()[:12]
 
 
 def probe_run(cfg: LearningPhasesConfig, store: Store, rid: str, rcfg: RunConfig) -> pd.DataFrame:
@@ -142,6 +170,7 @@ def probe_run(cfg: LearningPhasesConfig, store: Store, rid: str, rcfg: RunConfig
 
 
 def _probe(cfg: LearningPhasesConfig, run, rcfg: RunConfig, source, target, layers: list[str], steps: list[int]) -> pd.DataFrame:
+    from ..probes.batchnorm import reestimate_bn
     from ..probes.checkpoint_probes import ProbeData, probe_checkpoints
 
     data = ProbeData(source.x_train, source.x_test, {"source": (source.y_train, source.y_test, source.num_classes),
@@ -152,6 +181,8 @@ def _probe(cfg: LearningPhasesConfig, run, rcfg: RunConfig, source, target, laye
         if step not in models:
             models.clear()
             models[step] = run.model(step)
+            if cfg.bn_stats == "reestimate":
+                reestimate_bn(models[step], source.x_train)
         return models[step]
 
     df = pd.DataFrame(probe_checkpoints(load, steps, layers, data, holdout=cfg.holdout, chunk=cfg.chunk))
@@ -213,28 +244,31 @@ def _layer_output(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.
 # tables
 
 
-def phase_table(results: pd.DataFrame, delta: float) -> pd.DataFrame:
+def phase_table(results: pd.DataFrame, delta: float, rho: float) -> pd.DataFrame:
     from ..probes.phases import detect_phases
 
     rows = []
-    for (seed, layer), g in results.groupby(["seed", "layer"], sort=False):
+    for (network, seed, layer), g in results.groupby(["network", "seed", "layer"], sort=False):
         g = g.sort_values("step")
-        ph = detect_phases(g.step.values, g.reconstruction_mse.values, delta)
-        rows.append({"seed": seed, "layer": layer, "penultimate": bool(g.penultimate.iloc[0]), **ph.as_dict()})
+        ph = detect_phases(g.step.values, g.reconstruction_mse.values, delta, rho)
+        rows.append({"network": network, "control": bool(g.control.iloc[0]), "seed": seed, "layer": layer,
+                     "penultimate": bool(g.penultimate.iloc[0]), **ph.as_dict()})
     return pd.DataFrame(rows)
 
 
 def transfer_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per seed: the best stop for transfer (the checkpoint whose penultimate-layer target probe is
-    most accurate, the earliest on ties) and the step of best source accuracy (the classifier's)."""
+    """Per network and seed: the best stop for transfer (the checkpoint whose penultimate-layer target
+    probe is most accurate, the earliest on ties) and the step of best source accuracy (the classifier's)."""
     rows = []
-    for seed, g in results[results.penultimate].groupby("seed"):
+    for (network, seed), g in results[results.penultimate].groupby(["network", "seed"], sort=False):
         g = g.sort_values("step")
         t = g.iloc[int(np.argmax(g.target_probe_accuracy.values))]
         s = g.iloc[int(np.argmax(g.classifier_accuracy.values))]
-        row = {"seed": seed, "best_transfer_step": int(t.step), "best_transfer_accuracy": float(t.target_probe_accuracy),
-               "source_accuracy_at_best_transfer": float(t.classifier_accuracy),
+        row = {"network": network, "seed": seed, "best_transfer_step": int(t.step),
+               "best_transfer_accuracy": float(t.target_probe_accuracy),
+               "step0_transfer_accuracy": float(g.target_probe_accuracy.iloc[0]),
                "final_transfer_accuracy": float(g.target_probe_accuracy.iloc[-1]),
+               "source_accuracy_at_best_transfer": float(t.classifier_accuracy),
                "best_source_step": int(s.step), "best_source_accuracy": float(s.classifier_accuracy)}
         if "target_finetune_accuracy" in g:
             f = g.iloc[int(np.argmax(g.target_finetune_accuracy.values))]
@@ -244,20 +278,36 @@ def transfer_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def mean_curves(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std (ddof = 1) over seeds per network, layer and step."""
     cols = [c for c in results.columns if c.endswith(("_mse", "_accuracy", "_loss"))]
-    agg = results.groupby(["layer", "step"], sort=False)[cols].agg(["mean", "std"])
+    agg = results.groupby(["network", "layer", "step"], sort=False)[cols].agg(["mean", "std"])
     agg.columns = [f"{a}_{b}" for a, b in agg.columns]
     return agg.reset_index()
+
+
+def statement(cfg: LearningPhasesConfig, layer: str, network: str, target: str) -> str:
+    """The claim judged, from the config: data, network, schedule, δ, ρ and the transfer margin."""
+    r, t = cfg.run, cfg.run.train
+    net = f"{r.model.name}{'' if network == BN_FREE else ' with BatchNorm'}"
+    return (f"On {r.data.name} with {net}, {t.optimizer.upper()} lr {t.lr:g} (momentum {t.momentum:g}, {t.schedule} "
+            f"schedule) for {t.steps}, checkpoints at 0 and 2^i: the penultimate layer's ({layer}) reconstruction curve "
+            f"shows all three phases (the first two checkpoints within δ = {cfg.delta:g} of step 0, a minimum at "
+            f"least δ below step 0 after the end of phase 1, a final rise of at least ρ = {cfg.rho:g} above the "
+            f"minimum) for a majority of {cfg.seeds} seeds; and transfer to the {target} target is an inverted "
+            f"U: on the mean curve over seeds the best stop is neither the first nor the last checkpoint, beats both "
+            f"by more than {cfg.transfer_std:g} pooled std, and comes before the step of best source accuracy.")
 
 
 class LearningPhases(ExperimentDef):
     name = "learning_phases"
     config_cls = LearningPhasesConfig
-    description = ("Learning phases (SPEC §4): one run per seed, checkpoints at 0 and powers of two. At each "
-                   "checkpoint, in eval mode, every probed layer's activations are streamed over the training "
-                   "set once; a ridge decoder to the normalized input and ridge probes for the source and "
-                   "transfer labels are solved in closed form (strength chosen on a held-out 20 % of the "
-                   "training set) and scored on the test set. Phases by SPEC §4.2; best transfer stop by §4.3.")
+    main_figure = "phases_transfer"
+    description = ("Learning phases: one run per seed, checkpoints at 0 and powers of two, and the same network "
+                   "without BatchNorm as a control. At each checkpoint, in eval mode (BN statistics as set by "
+                   "bn_stats), every probed layer's activations are streamed over the training set once; a ridge "
+                   "decoder to the normalized input and ridge probes for the source and transfer labels are solved "
+                   "in closed form (strength chosen on a held-out 20 % of the training set) and scored on the test "
+                   "set. Phases: flat start, drop, rise of at least rho; transfer: an inverted U.")
 
     def plan(self, cfg: LearningPhasesConfig, store: Store) -> Plan:
         plan = Plan()
@@ -268,11 +318,17 @@ class LearningPhases(ExperimentDef):
         from ..probes.activations import resolve_layers
 
         with torch.random.fork_rng(devices=[]):
-            resolve_layers(build_model(cfg.run.model, data.input_shape, data.out_dim), cfg.layers)
-        for s in range(cfg.seeds):
-            plan.add(seed_run(cfg, s), kind="train", seed=s)
-        plan.notes.append(f"{len(cfg.layers) or 'default'} layers probed; δ = {cfg.delta:g}; decoder {cfg.decoder}, "
-                          f"probe {cfg.probe}, target {cfg.target}")
+            model = build_model(cfg.run.model, data.input_shape, data.out_dim)
+        resolve_layers(model, cfg.layers)
+        nets = networks(cfg, model)
+        for i, net in enumerate(nets):
+            for s in range(cfg.seeds):
+                plan.add(seed_run(cfg, s, control=i > 0), kind="train", seed=s, network=net, control=i > 0)
+        bn = ("BN statistics re-estimated on the training set at every checkpoint before probing"
+              if cfg.bn_stats == "reestimate" else "BN statistics as stored in the checkpoints (running averages)")
+        plan.notes.append(f"{len(cfg.layers) or 'default'} layers probed; δ = {cfg.delta:g}, ρ = {cfg.rho:g}; decoder "
+                          f"{cfg.decoder}, probe {cfg.probe}, target {cfg.target}; networks: {', '.join(nets)}; "
+                          f"{bn if WITH_BN in nets else 'no BatchNorm in the network'}")
         return plan
 
     def analyze(self, cfg: LearningPhasesConfig, plan: Plan, store: Store) -> dict[str, pd.DataFrame]:
@@ -280,90 +336,23 @@ class LearningPhases(ExperimentDef):
         for rid, labels in plan.labels.items():
             df = probe_run(cfg, store, rid, plan.graph.nodes[rid])
             df.insert(0, "seed", labels["seed"])
+            df.insert(0, "network", labels["network"])
+            df["control"] = labels["control"]
             df["run_id"] = rid
             parts.append(df)
         results = pd.concat(parts, ignore_index=True)
-        return {"results": results, "phases": phase_table(results, cfg.delta), "transfer": transfer_table(results),
-                "curves": mean_curves(results)}
+        return {"results": results, "phases": phase_table(results, cfg.delta, cfg.rho),
+                "transfer": transfer_table(results), "curves": mean_curves(results)}
 
     def figures(self, cfg: LearningPhasesConfig, tables: dict[str, pd.DataFrame], directory: Path) -> list[Path]:
-        from ..report import band, log_step_axis, new_figure, save_figure
+        from .phases_figures import draw_figures
 
-        results, phases, curves, transfer = tables["results"], tables["phases"], tables["curves"], tables["transfer"]
-        layers = list(dict.fromkeys(results.layer))
-        fig, axes = new_figure(ncols=2, width=5.2, height=3.8)
-        ax = axes[0]
-        for layer in layers:
-            c = curves[curves.layer == layer].sort_values("step")
-            base = c.reconstruction_mse_mean.iloc[0]
-            line = band(ax, c.step.values, c.reconstruction_mse_mean.values / base,
-                        c.reconstruction_mse_std.values / base, label=layer)
-            ph = phases[phases.layer == layer]
-            ends = [s for s in ph.phase1_end if pd.notna(s)]
-            y_at = dict(zip(c.step, c.reconstruction_mse_mean / base))
-            for s in sorted(set(ends)):
-                ax.plot([s], [y_at.get(s, np.nan)], marker="v", color=line.get_color(), ms=7, ls="none")
-            for s in sorted(set(ph.minimum_step)):
-                ax.plot([s], [y_at.get(s, np.nan)], marker="*", color=line.get_color(), ms=9, ls="none")
-        ax.set_ylabel("test reconstruction MSE / its step-0 value")
-        ax.set_title(f"Reconstruction per layer ({results.seed.nunique()} seeds; ▼ end of phase 1, ★ minimum)")
-        ax.legend(fontsize=6)
-        ax = axes[1]
-        for layer in layers:
-            c = curves[curves.layer == layer].sort_values("step")
-            band(ax, c.step.values, c.source_probe_accuracy_mean.values, c.source_probe_accuracy_std.values,
-                 label=f"probe {layer}", marker=None)
-        c = curves[curves.layer == layers[-1]].sort_values("step")
-        band(ax, c.step.values, c.classifier_accuracy_mean.values, c.classifier_accuracy_std.values,
-             label="classifier", color="black")
-        ax.set_ylabel("test accuracy (source task)")
-        ax.set_title("Linear probes and the classifier")
-        ax.legend(fontsize=6)
-        for a in axes:
-            log_step_axis(a)
-        paths = save_figure(fig, directory, "reconstruction_phases")
-
-        fig, ax = new_figure(width=6.0, height=3.8)
-        pen = results[results.penultimate]
-        pc = curves[curves.layer == pen.layer.iloc[0]].sort_values("step")
-        band(ax, pc.step.values, pc.target_probe_accuracy_mean.values, pc.target_probe_accuracy_std.values,
-             label=f"target ({pen.target.iloc[0]}): linear probe on {pen.layer.iloc[0]}", color="tab:red")
-        if "target_finetune_accuracy_mean" in pc:
-            band(ax, pc.step.values, pc.target_finetune_accuracy_mean.values, pc.target_finetune_accuracy_std.values,
-                 label="target: fine-tuned", color="tab:orange", dashed=True)
-        band(ax, pc.step.values, pc.classifier_accuracy_mean.values, pc.classifier_accuracy_std.values,
-             label="source: classifier", color="black")
-        best = int(pc.step.values[int(np.argmax(pc.target_probe_accuracy_mean.values))])
-        ax.axvline(best, color="tab:red", ls=":", lw=1, label=f"best stop (mean): step {best}")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"Transfer against pre-training steps (per-seed best stops: "
-                     f"{', '.join(map(str, transfer.best_transfer_step))})")
-        ax.legend(fontsize=6)
-        log_step_axis(ax)
-        return paths + save_figure(fig, directory, "transfer")
+        return draw_figures(tables, directory)
 
     def check(self, cfg: LearningPhasesConfig, tables: dict[str, pd.DataFrame]) -> Check:
-        phases, transfer, curves = tables["phases"], tables["transfer"], tables["curves"]
-        pen = phases[phases.penultimate].sort_values("seed")
-        n_three = int(pen.all_three.sum())
-        majority = n_three > len(pen) / 2
-        layer = pen.layer.iloc[0]
-        pc = curves[curves.layer == layer].sort_values("step")
-        best_stop = int(pc.step.values[int(np.argmax(pc.target_probe_accuracy_mean.values))])
-        best_source = int(pc.step.values[int(np.argmax(pc.classifier_accuracy_mean.values))])
-        before = best_stop < best_source
-        numbers = {
-            "penultimate_layer": layer, "seeds": len(pen), "seeds_with_all_three_phases": n_three,
-            "best_transfer_step_mean_curve": best_stop, "best_source_step_mean_curve": best_source,
-            "per_seed": {int(r.seed): {"phase1_end": None if pd.isna(r.phase1_end) else int(r.phase1_end),
-                                       "minimum_step": int(r.minimum_step), "all_three": bool(r.all_three),
-                                       "drop": round(float(r.drop), 4), "rise": round(float(r.rise), 4)}
-                         for r in pen.itertuples()},
-            "per_seed_transfer": {int(r.seed): {"best_transfer_step": int(r.best_transfer_step),
-                                                "best_transfer_accuracy": round(float(r.best_transfer_accuracy), 4),
-                                                "best_source_step": int(r.best_source_step),
-                                                "best_source_accuracy": round(float(r.best_source_accuracy), 4)}
-                                  for r in transfer.itertuples()},
-            "delta": cfg.delta,
-        }
-        return Check(STATEMENT, bool(majority and before), numbers)
+        phases = tables["phases"]
+        main = str(phases[~phases.control].network.iloc[0])
+        layer = str(phases[phases.penultimate].layer.iloc[0])
+        bn = {"bn_stats": cfg.bn_stats, "delta": cfg.delta, "rho": cfg.rho}
+        target = str(tables["results"].target.iloc[0]) if "results" in tables else cfg.target
+        return learning_phases_check(statement(cfg, layer, main, target), tables, main, cfg.transfer_std, bn)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import DataConfig, RunConfig, _check
-from ..data.gaussian import DEFAULT_N_TRAIN
+from ..data.gaussian import DEFAULT_N_TEST, DEFAULT_N_TRAIN
 from ..errors import UserError
 from ..probes import linear_model  # noqa: F401  registers the recorder in this process
 from ..probes.coefficients import moments
@@ -28,11 +28,6 @@ from ..probes.ntk import check_budget
 from ..store import Store
 from .base import Check, ExperimentDef, Plan
 
-STATEMENT = ("relu, d = 100, m = 2000, n = 2000 train and 1000 test Gaussian samples, first-layer mode, learning "
-             "rate 1, 3000 full-batch steps: the relative spectral gap ||Theta - Theta_lin|| / ||Theta_lin|| is below "
-             "0.2 at initialization; the relative output gap on the test set (RMS of f_net - f_lin over RMS of "
-             "f_lin) stays below 0.15 until the linear model has made 90 % of its eventual test-loss reduction; "
-             "later the network's test loss goes below the linear model's.")
 MODES = {"first": (1, 0), "second": (0, 1), "both": (1, 1)}
 TRAJ_COLUMNS = ["loss_train", "loss_test", "lin_loss_train", "lin_loss_test", "accuracy_test", "lin_accuracy_test",
                 "gap_mse", "gap_rel", "agreement"]
@@ -55,7 +50,9 @@ class LinearDynamicsConfig:
     image_steps: str = ""  # "" = run.train.steps
     sweep_widths: tuple[int, ...] = ()  # spectral gap at initialization against width ...
     sweep_dims: tuple[int, ...] = ()  # ... and against d (one-step runs)
-    gap_threshold: float = 0.15  # relative output gap whose first crossing is reported
+    gap_threshold: float = 0.15  # relative output gap: the check's bound until t_reduction; its first crossing is reported
+    spectral_gap_max: float = 0.2  # the check's bound on ||Theta - Theta_lin|| / ||Theta_lin|| at initialization
+    reduction: float = 0.9  # t_reduction: when the linear model has made this fraction of its test-loss reduction
     ntk_memory_gb: float = 4.0  # budget for one n x n NTK in float64
     seeds: int = 1
 
@@ -66,6 +63,9 @@ class LinearDynamicsConfig:
                f"image_classes must name exactly two distinct classes for the binary task, got {list(self.image_classes)}")
         _check(self.seeds >= 1, f"seeds must be >= 1, got {self.seeds}")
         _check(self.ntk_memory_gb > 0, f"ntk_memory_gb must be > 0, got {self.ntk_memory_gb}")
+        _check(self.gap_threshold > 0 and self.spectral_gap_max > 0,
+               f"gap_threshold and spectral_gap_max must be > 0, got {self.gap_threshold}, {self.spectral_gap_max}")
+        _check(0.0 < self.reduction <= 1.0, f"reduction must be in (0, 1], got {self.reduction}")
         _check(all(w >= 2 and w % 2 == 0 for w in self.sweep_widths),
                f"sweep_widths must be even widths >= 2 (symmetric initialization), got {list(self.sweep_widths)}")
 
@@ -110,6 +110,7 @@ def _n_train(run: RunConfig) -> int | None:
 class LinearDynamics(ExperimentDef):
     name = "linear_dynamics"
     config_cls = LinearDynamicsConfig
+    main_figure = "gap"
     description = ("Linear dynamics (SPEC §3): a network and the linear model with the matching kernel, trained side "
                    "by side by full-batch gradient descent on the square loss; their losses, the gap between their "
                    "test outputs, and the empirical NTK at initialization against the linear model's kernel.")
@@ -167,7 +168,7 @@ class LinearDynamics(ExperimentDef):
                 outs.append(o.rename(columns={"layer": "index"}))
         results = pd.concat(traj, ignore_index=True) if traj else pd.DataFrame()
         ntk_t = pd.DataFrame(ntk)
-        summary = pd.DataFrame([summarize(g, cfg.gap_threshold) | {"run_id": rid, "kind": g.kind.iloc[0],
+        summary = pd.DataFrame([summarize(g, cfg.gap_threshold, cfg.reduction) | {"run_id": rid, "kind": g.kind.iloc[0],
                                                                     "variant": g.variant.iloc[0], "seed": g.seed.iloc[0]}
                                 for rid, g in results.groupby("run_id", sort=False)]) if len(results) else pd.DataFrame()
         if len(summary):
@@ -176,82 +177,157 @@ class LinearDynamics(ExperimentDef):
                 "outputs": pd.concat(outs, ignore_index=True) if outs else pd.DataFrame()}
 
     def figures(self, cfg: LinearDynamicsConfig, tables: dict[str, pd.DataFrame], directory: Path) -> list[Path]:
-        from ..report import log_step_axis, new_figure, save_figure
-
         res, summary, ntk, outs = tables["results"], tables["summary"], tables["ntk"], tables["outputs"]
         paths: list[Path] = []
         groups = [(rid, g) for rid, g in res.groupby("run_id", sort=False) if g.seed.iloc[0] == 0]
         if groups:
-            fig, axes = new_figure(ncols=len(groups), width=4.6, height=3.4)
-            for ax, (rid, g) in zip(np.atleast_1d(axes), groups):
-                g = g[g.step > 0]
-                for col, label, style in (("loss_train", "network train", "-"), ("loss_test", "network test", "-"),
-                                          ("lin_loss_train", "linear train", "--"), ("lin_loss_test", "linear test", "--")):
-                    ax.plot(g.step, g[col], style, label=label)
-                ax.set_xscale("log")
-                ax.set_xlabel("step")
-                ax.set_ylabel("square loss")
-                ax.set_title(g.variant.iloc[0] if g.kind.iloc[0] == "image" else f"{g.variant.iloc[0]} ({g.model.iloc[0]})")
-                ax.legend()
-            paths += save_figure(fig, directory, "losses")
-            fig, axes = new_figure(ncols=2, width=4.6, height=3.4)
-            for rid, g in groups:
-                g = g[g.step > 0]
-                label = g.variant.iloc[0] if g.kind.iloc[0] == "image" else f"{g.variant.iloc[0]} ({g.model.iloc[0]})"
-                axes[0].plot(g.step, g.gap_rel, label=label)
-                axes[1].plot(g.step, g.gap_mse, label=label)
-            axes[0].axhline(cfg.gap_threshold, color="grey", ls=":", label=f"threshold {cfg.gap_threshold}")
-            for _, s in summary[summary.seed == 0].iterrows():
-                if np.isfinite(s.t90):
-                    axes[0].axvline(s.t90, color="grey", ls="--", lw=0.7)
-            axes[0].set_title("RMS(f_net − f_lin) / RMS(f_lin) on test (dashed: t90)")
-            axes[1].set_title("mean squared gap of test outputs")
-            for ax in axes:
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-                ax.set_xlabel("step")
-                ax.legend()
-            paths += save_figure(fig, directory, "gap")
-        if len(outs):
-            pick = [s for s in sorted(outs.step.unique()) if s > 0]
-            fig, axes = new_figure(ncols=max(1, len(pick)), width=3.2, height=3.2)
-            for ax, s in zip(np.atleast_1d(axes), pick):
-                o = outs[outs.step == s]
-                ax.scatter(o.out_lin, o.out_net, s=4, alpha=0.6)
-                lo, hi = float(min(o.out_lin.min(), o.out_net.min())), float(max(o.out_lin.max(), o.out_net.max()))
-                ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
-                ax.set_xlabel("linear model output")
-                ax.set_ylabel("network output")
-                ax.set_title(f"step {int(s)}")
-            paths += save_figure(fig, directory, "outputs_scatter")
-        sweeps = [(k, col) for k, col in (("sweep_width", "width"), ("sweep_dim", "dim")) if (ntk.kind == k).any()]
-        if sweeps:
-            fig, axes = new_figure(ncols=len(sweeps), width=4.2, height=3.2)
-            for ax, (kind, col) in zip(np.atleast_1d(axes), sweeps):
-                s = ntk[ntk.kind == kind].sort_values(col)
-                ax.plot(s[col], s.ntk_gap, marker="o")
-                ax.set_xscale("log")
-                ax.set_xlabel("width m" if col == "width" else "input dimension d")
-                ax.set_ylabel("‖Θ − Θ_lin‖ / ‖Θ_lin‖")
-                ax.set_title(f"spectral gap at initialization against {col}")
-            paths += save_figure(fig, directory, "spectral_gap")
-        return paths
+            paths += _trajectory_figures(cfg, groups, summary, directory)
+        return paths + _output_and_sweep_figures(outs, ntk, directory)
 
     def check(self, cfg: LinearDynamicsConfig, tables: dict[str, pd.DataFrame]) -> Check:
-        s = tables["summary"]
-        main = s[(s.kind == "main")]
-        if not len(main):
-            raise UserError("linear_dynamics has no main run to check")
-        r = main.iloc[0]
-        passed = bool(r.ntk_gap < 0.2 and r.max_gap_rel_to_t90 < 0.15 and r.net_below_lin_step > 0)
-        numbers = {"ntk_gap_at_init": float(r.ntk_gap), "t90_step": int(r.t90),
-                   "max_gap_rel_until_t90": float(r.max_gap_rel_to_t90),
-                   "net_test_loss_below_linear_from_step": int(r.net_below_lin_step),
-                   f"gap_rel_exceeds_{cfg.gap_threshold}_at_step": int(r.threshold_step),
-                   "final_test_loss_network": float(r.final_loss_test), "final_test_loss_linear": float(r.final_lin_loss_test),
-                   "ntk_fit_residual_offdiag": float(r.ntk_fit_residual),
-                   "final_agreement": float(r.final_agreement)}
-        return Check(STATEMENT, passed, numbers)
+        return linear_dynamics_check(cfg, tables["summary"])
+
+
+def _label(g: pd.DataFrame) -> str:
+    return g.variant.iloc[0] if g.kind.iloc[0] == "image" else f"{g.variant.iloc[0]} ({g.model.iloc[0]})"
+
+
+def _trajectory_figures(cfg: LinearDynamicsConfig, groups: list, summary: pd.DataFrame, directory: Path) -> list[Path]:
+    """``losses``: network and linear model per run; ``gap`` (the main figure): the relative and absolute
+    output gaps, the threshold and the steps where the linear model has made ``reduction`` of its progress."""
+    from ..report import new_figure, save_figure
+
+    fig, axes = new_figure(ncols=len(groups), width=4.6, height=3.4)
+    for ax, (rid, g) in zip(np.atleast_1d(axes), groups):
+        g = g[g.step > 0]
+        for col, label, style in (("loss_train", "network train", "-"), ("loss_test", "network test", "-"),
+                                  ("lin_loss_train", "linear train", "--"), ("lin_loss_test", "linear test", "--")):
+            ax.plot(g.step, g[col], style, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("square loss")
+        ax.set_title(_label(g))
+        ax.legend()
+    paths = save_figure(fig, directory, "losses")
+    fig, axes = new_figure(ncols=2, width=4.6, height=3.4)
+    for rid, g in groups:
+        g = g[g.step > 0]
+        axes[0].plot(g.step, g.gap_rel, label=_label(g))
+        axes[1].plot(g.step, g.gap_mse, label=_label(g))
+    axes[0].axhline(cfg.gap_threshold, color="grey", ls=":", label=f"threshold {cfg.gap_threshold}")
+    for _, s in summary[summary.seed == 0].iterrows():
+        if np.isfinite(s.t_reduction):
+            axes[0].axvline(s.t_reduction, color="grey", ls="--", lw=0.7)
+    axes[0].set_title(f"RMS(f_net − f_lin) / RMS(f_lin) on test (dashed: {100 * cfg.reduction:g} % of the "
+                      "linear model's test-loss reduction)")
+    axes[1].set_title("mean squared gap of test outputs")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.legend()
+    return paths + save_figure(fig, directory, "gap")
+
+
+def _output_and_sweep_figures(outs: pd.DataFrame, ntk: pd.DataFrame, directory: Path) -> list[Path]:
+    """``outputs_scatter``: network against linear outputs at a few steps; ``spectral_gap``: the gap at
+    initialization against width and d."""
+    from ..report import new_figure, save_figure
+
+    paths: list[Path] = []
+    if len(outs):
+        pick = [s for s in sorted(outs.step.unique()) if s > 0]
+        fig, axes = new_figure(ncols=max(1, len(pick)), width=3.2, height=3.2)
+        for ax, s in zip(np.atleast_1d(axes), pick):
+            o = outs[outs.step == s]
+            ax.scatter(o.out_lin, o.out_net, s=4, alpha=0.6)
+            lo, hi = float(min(o.out_lin.min(), o.out_net.min())), float(max(o.out_lin.max(), o.out_net.max()))
+            ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+            ax.set_xlabel("linear model output")
+            ax.set_ylabel("network output")
+            ax.set_title(f"step {int(s)}")
+        paths += save_figure(fig, directory, "outputs_scatter")
+    sweeps = [(k, col) for k, col in (("sweep_width", "width"), ("sweep_dim", "dim")) if (ntk.kind == k).any()]
+    if sweeps:
+        fig, axes = new_figure(ncols=len(sweeps), width=4.2, height=3.2)
+        for ax, (kind, col) in zip(np.atleast_1d(axes), sweeps):
+            s = ntk[ntk.kind == kind].sort_values(col)
+            ax.plot(s[col], s.ntk_gap, marker="o")
+            ax.set_xscale("log")
+            ax.set_xlabel("width m" if col == "width" else "input dimension d")
+            ax.set_ylabel("‖Θ − Θ_lin‖ / ‖Θ_lin‖")
+            ax.set_title(f"spectral gap at initialization against {col}")
+        paths += save_figure(fig, directory, "spectral_gap")
+    return paths
+
+
+def statement(cfg: LinearDynamicsConfig) -> str:
+    """The claim, from the config it judges: the setting and the three thresholds."""
+    r = cfg.run
+    n_train = r.data.n_train or (DEFAULT_N_TRAIN if r.data.name == "gaussian" else "all")
+    n_test = r.data.n_test or (DEFAULT_N_TEST if r.data.name == "gaussian" else "all")
+    batch = "full-batch gradient descent" if r.train.full_batch else f"SGD with batch {r.train.batch_size}"
+    return (f"{r.model.name} {r.model.activation}, d = {r.data.dim}, m = {r.model.width}, n = {n_train} train and "
+            f"{n_test} test {r.data.name} samples, {cfg.mode}-layer mode, learning rate {r.train.lr:g}, "
+            f"{r.train.steps} of {batch}: the relative spectral gap ||Theta - Theta_lin|| / ||Theta_lin|| is "
+            f"below {cfg.spectral_gap_max:g} at initialization; the relative output gap on the test set (RMS of "
+            f"f_net - f_lin over RMS of f_lin) stays below {cfg.gap_threshold:g} until the linear model has made "
+            f"{100 * cfg.reduction:g} % of its eventual test-loss reduction; later the network's test loss goes "
+            f"below the linear model's.")
+
+
+CLAUSES = ("spectral_gap_ok", "output_gap_ok", "network_overtakes")
+SUMMARY_COLUMNS = ["seed", "ntk_gap", "t_reduction", "max_gap_rel_to_t_reduction", "net_below_lin_step",
+                   "threshold_step", "final_loss_test", "final_lin_loss_test", *CLAUSES]
+
+
+def _clauses(cfg: LinearDynamicsConfig, main: pd.DataFrame) -> pd.DataFrame:
+    main = main.sort_values("seed").copy()
+    main["spectral_gap_ok"] = main.ntk_gap < cfg.spectral_gap_max
+    main["output_gap_ok"] = main.max_gap_rel_to_t_reduction < cfg.gap_threshold  # NaN: False
+    main["network_overtakes"] = main.net_below_lin_step >= 0
+    return main
+
+
+def _meaning(cfg: LinearDynamicsConfig, main: pd.DataFrame, passed: bool) -> str:
+    if passed:
+        return ("The network's early training is that of the linear model: their kernels nearly agree at "
+                "initialization, their test outputs stay close until the linear model has done most of its "
+                "learning, and only then does the network pull ahead (it learns what the linear model cannot).")
+    why = []
+    if not main.spectral_gap_ok.all():
+        why.append(f"the spectral gap at initialization reaches {main.ntk_gap.max():.3f} (bound {cfg.spectral_gap_max:g})")
+    if not main.output_gap_ok.all():
+        why.append(f"the output gap reaches {main.max_gap_rel_to_t_reduction.max():.3f} before the linear model's "
+                   f"{100 * cfg.reduction:g} % point (bound {cfg.gap_threshold:g})")
+    if not main.network_overtakes.all():
+        why.append("the network's test loss never goes below the linear model's after that point")
+    return "The claim does not hold here: " + "; ".join(why) + "."
+
+
+def linear_dynamics_check(cfg: LinearDynamicsConfig, summary: pd.DataFrame) -> Check:
+    """Every seed's main run must meet all three clauses."""
+    main = summary[summary.kind == "main"]
+    if not len(main):
+        raise UserError("linear_dynamics has no main run to check")
+    main = _clauses(cfg, main)
+    passed = bool(main[list(CLAUSES)].all(axis=None))
+    r = main.iloc[0]
+    numbers = {"seeds": len(main), "ntk_gap_at_init": float(r.ntk_gap), "reduction_step": int(r.t_reduction),
+               "max_gap_rel_until_reduction_step": float(r.max_gap_rel_to_t_reduction),
+               "net_test_loss_below_linear_from_step": int(r.net_below_lin_step),
+               f"gap_rel_exceeds_{cfg.gap_threshold}_at_step": int(r.threshold_step),
+               "final_test_loss_network": float(r.final_loss_test), "final_test_loss_linear": float(r.final_lin_loss_test),
+               "ntk_fit_residual_offdiag": float(r.ntk_fit_residual), "final_agreement": float(r.final_agreement),
+               "spectral_gap_max": cfg.spectral_gap_max, "gap_threshold": cfg.gap_threshold, "reduction": cfg.reduction}
+    measured = "; ".join(
+        f"seed {int(x.seed)}: spectral gap {x.ntk_gap:.3f} at initialization; the linear model reaches "
+        f"{100 * cfg.reduction:g} % of its test-loss reduction at step {int(x.t_reduction)}, by when the output gap "
+        f"peaks at {x.max_gap_rel_to_t_reduction:.3f}; the network's test loss goes below the linear model's "
+        + (f"from step {int(x.net_below_lin_step)}" if x.net_below_lin_step >= 0 else "never")
+        + f" (final test loss {x.final_loss_test:.4f} against {x.final_lin_loss_test:.4f})" for x in main.itertuples()) + "."
+    return Check(statement(cfg), passed, numbers, measured=measured, meaning=_meaning(cfg, main, passed),
+                 tables={"main_runs": main[SUMMARY_COLUMNS].reset_index(drop=True)})
 
 
 def scatter_steps(steps: list[int]) -> list[int]:
@@ -264,18 +340,23 @@ def scatter_steps(steps: list[int]) -> list[int]:
     return sorted({0, *(pos[int(np.argmin(np.abs(logs - w)))] for w in want)} & {*steps, 0})
 
 
-def summarize(g: pd.DataFrame, threshold: float) -> dict:
-    """The numbers of SPEC §3.3 for one trajectory run; steps are -1 where the event never happens."""
+def summarize(g: pd.DataFrame, threshold: float, reduction: float = 0.9) -> dict:
+    """The numbers of one trajectory run (docs/experiments/linear_dynamics.md): t_reduction, the first
+    step where the linear model has made ``reduction`` of its eventual (last-step) test-loss reduction;
+    the largest relative output gap up to it; the first step from it on where the network's test loss
+    is below the linear model's; the first crossing of ``threshold``. Steps are -1 where the event never
+    happens."""
     g = g.sort_values("step")
     lin = g.lin_loss_test.to_numpy()
     steps = g.step.to_numpy()
     drop = lin[0] - lin[-1]
-    reached = np.nonzero(lin[0] - lin >= 0.9 * drop)[0] if drop > 0 else np.array([len(lin) - 1])
-    i90 = int(reached[0])
-    early = g[(g.step > 0) & (g.step <= steps[i90])]
-    later = g[(g.step >= steps[i90]) & (g.loss_test < g.lin_loss_test)]
+    reached = np.nonzero(lin[0] - lin >= reduction * drop)[0] if drop > 0 else np.array([len(lin) - 1])
+    i_red = int(reached[0])
+    early = g[(g.step > 0) & (g.step <= steps[i_red])]
+    later = g[(g.step >= steps[i_red]) & (g.loss_test < g.lin_loss_test)]
     over = g[(g.step > 0) & (g.gap_rel > threshold)]
-    return {"t90": int(steps[i90]), "max_gap_rel_to_t90": float(early.gap_rel.max()) if len(early) else float("nan"),
+    return {"t_reduction": int(steps[i_red]),
+            "max_gap_rel_to_t_reduction": float(early.gap_rel.max()) if len(early) else float("nan"),
             "net_below_lin_step": int(later.step.iloc[0]) if len(later) else -1,
             "threshold_step": int(over.step.iloc[0]) if len(over) else -1,
             "final_loss_test": float(g.loss_test.iloc[-1]), "final_lin_loss_test": float(lin[-1]),

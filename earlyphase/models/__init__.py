@@ -40,6 +40,7 @@ _BUILDERS: dict[str, Builder] = {
     "cnn_ntk": build_cnn_ntk,
 }
 MODELS: list[str] = list(_BUILDERS)
+NORM_FREE = ("vgg8_phases",)  # models that take model.norm = "none"
 
 __all__ = ["MODELS", "TwoLayer", "activation_fn", "build_model", "init_weights", "prunable_names"]
 
@@ -58,9 +59,24 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int) ->
                         "sizes without the batch dimension, e.g. (1, 40) or (3, 32, 32)")
     if not isinstance(out_dim, int) or out_dim < 1:
         raise UserError(f"model '{cfg.name}' got output size {out_dim!r}; it must be a positive number of classes or outputs")
+    if cfg.norm != "batch" and cfg.name not in NORM_FREE:
+        raise UserError(f"model.norm = {cfg.norm!r} is built by {', '.join(NORM_FREE)} only, not {cfg.name!r}; "
+                        "leave model.norm at 'batch' (the model's own layers)")
     model = _BUILDERS[cfg.name](cfg, shape, out_dim)
     init_weights(model, cfg.init_mode)
+    if cfg.init_std > 0:
+        _normal_weights(model, cfg.init_std)
     return model
+
+
+@torch.no_grad()
+def _normal_weights(model: nn.Module, std: float) -> None:
+    """Conv/linear weights N(0, std²) (drawn after the Kaiming ones): an initialization scale fixed in
+    a config rather than by the fan, as the prototypes experiment needs (phase 1 is flat only while
+    the updates are small against the initial weights)."""
+    for module in model.modules():
+        if isinstance(module, _WEIGHTED):
+            nn.init.normal_(module.weight, 0.0, std)
 
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
