@@ -24,7 +24,7 @@ class RunsFailed(Exception):
 
 
 # Experiment modules in demo order; each defines one ExperimentDef subclass.
-MODULES = ("rewinding", "early_stats", "perturbations", "pretraining", "linear_dynamics", "learning_phases")
+MODULES = ("rewinding", "rewinding_robustness", "early_stats", "perturbations", "pretraining", "linear_dynamics", "learning_phases")
 
 
 def registry() -> dict[str, ExperimentDef]:

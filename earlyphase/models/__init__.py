@@ -59,7 +59,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int) ->
     if not isinstance(out_dim, int) or out_dim < 1:
         raise UserError(f"model '{cfg.name}' got output size {out_dim!r}; it must be a positive number of classes or outputs")
     model = _BUILDERS[cfg.name](cfg, shape, out_dim)
-    init_weights(model, cfg.init_mode)
+    init_weights(model, cfg.init_mode, cfg.bn_init)
     return model
 
 
@@ -67,9 +67,11 @@ _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @torch.no_grad()
-def init_weights(model: nn.Module, mode: str = "fan_in") -> None:
-    """Kaiming normal (relu gain; variance from fan_in or fan_out) conv/linear weights, zero biases,
-    BN weight 1 and bias 0.
+def init_weights(model: nn.Module, mode: str = "fan_in", bn: str = "ones") -> None:
+    """Conv/linear weights Kaiming normal (relu gain; variance from fan_in or fan_out) with zero
+    biases, or, for ``mode = "torch_default"``, each module's own ``reset_parameters()`` (uniform
+    weights and biases, PyTorch's default); BN weight 1 (``bn = "uniform"``: U[0, 1], as OpenLTH's
+    ResNets) and bias 0.
 
     The fan matters for sparse training: with fan_in, cnn1d's first conv (fan_in 5, fan_out 160) starts
     with weights ~6x larger than the rest, so global magnitude pruning never touches it; with
@@ -79,11 +81,17 @@ def init_weights(model: nn.Module, mode: str = "fan_in") -> None:
     """
     for module in model.modules():
         if isinstance(module, _WEIGHTED):
+            if mode == "torch_default":
+                module.reset_parameters()
+                continue
             nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
-            nn.init.ones_(module.weight)
+            if bn == "uniform":
+                nn.init.uniform_(module.weight, 0.0, 1.0)
+            else:
+                nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
 
