@@ -174,6 +174,8 @@ class MaskConfig:
     ranked by the magnitude of its final weights, globally or per layer (``scope``); level L keeps
     round((1 - fraction)^L * N) of the N prunable weights.
     kind = "random": the per-layer densities of mask ``like``, positions drawn from ``seed``.
+    ``dense``: parameters left unmasked here although the source mask covers them (a pre-training
+    head whose class count differs from the real task's, e.g. rotation's four).
     """
 
     kind: str = "magnitude"
@@ -183,6 +185,7 @@ class MaskConfig:
     scope: str = "global"
     like: "MaskConfig | None" = None
     seed: int = 0
+    dense: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.kind in ("stored", "magnitude", "random"),
