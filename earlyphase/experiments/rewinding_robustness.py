@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..config import RunConfig, _check
 from ..errors import UserError
+from ..steps import parse_step
 from ..store import Store
 from .base import Check, ExperimentDef, Plan
 from .rewinding import RewindingConfig, final_rows, imp_chains, pooled_std
@@ -53,6 +54,7 @@ class RobustnessConfig:
 
     def __post_init__(self) -> None:
         _check(self.levels >= 1, f"levels must be >= 1, got {self.levels}")
+        _check(parse_step(self.k) != parse_step("0it"), "k must be a rewind point after step 0, e.g. '500it'")
         _check(1 <= self.level <= self.levels, f"level must be in 1..levels ({self.levels}), got {self.level}")
         _check(self.seeds >= 2 and self.preset_seeds >= 2,
                f"seeds and preset_seeds must be >= 2 (a pooled std needs two seeds), got {self.seeds}, "
