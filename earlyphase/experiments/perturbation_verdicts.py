@@ -50,7 +50,7 @@ def part_c(results: pd.DataFrame, level: int, ref: str) -> pd.DataFrame:
     at = results[results.level == level]
     rows = []
     for perm in PERMUTATIONS:
-        diffs, effs, out = [], [], False
+        diffs, effs, ends, out = [], [], [], False
         for seed, g in at.groupby("seed"):
             curve = g[(g.control == ref) | g.control.str.startswith("noise")].sort_values("effective_std")
             p = g[g.control == perm]
@@ -58,17 +58,19 @@ def part_c(results: pd.DataFrame, level: int, ref: str) -> pd.DataFrame:
                 continue
             eff = float(p.effective_std.iloc[0])
             effs.append(eff)
-            if eff > float(curve.effective_std.max()):
+            ends.append(float(curve.effective_std.max()))
+            if eff > ends[-1]:
                 out = True
                 continue
             diffs.append(float(np.interp(eff, curve.effective_std, curve.test_accuracy)) - float(p.test_accuracy.iloc[0]))
         if effs:
             d = np.array(diffs) if not out else np.array([np.nan])
-            rows.append({"permutation": perm, "effective_std": float(np.mean(effs)), "out_of_range": out,
+            rows.append({"permutation": perm, "effective_std": float(np.mean(effs)),
+                         "noise_grid_max_effective_std": float(np.mean(ends)), "out_of_range": out,
                          "noise_minus_permutation": float(d.mean()),
                          "std": float(d.std(ddof=1)) if len(d) >= 2 else float("nan")})
-    return pd.DataFrame(rows, columns=["permutation", "effective_std", "out_of_range", "noise_minus_permutation",
-                                       "std"])
+    return pd.DataFrame(rows, columns=["permutation", "effective_std", "noise_grid_max_effective_std", "out_of_range",
+                                       "noise_minus_permutation", "std"])
 
 
 def statement(cfg: Any) -> str:
@@ -108,7 +110,8 @@ def _measured(a: dict, b: dict, c: pd.DataFrame, k: str) -> str:
             f"magnitudes {b['signs_k_fresh_mean']:.4f} ± {b['signs_k_fresh_std']:.4f} (drop {b['drop_below_k']:.4f}, "
             f"2 pooled std {b['twice_pooled_std_k']:.4f}): {'PASS' if b['pass'] else 'FAIL'}. (c) noise minus "
             "permutation at equal effective std: ")
-    parts = [f"{r.permutation} (eff. std {r.effective_std:.3f}) out of the noise grid's range" if r.out_of_range
+    parts = [f"{r.permutation} (eff. std {r.effective_std:.3f}) out of the noise grid's range (its largest "
+             f"effective std is {r.noise_grid_max_effective_std:.3f})" if r.out_of_range
              else f"{r.permutation} (eff. std {r.effective_std:.3f}) {r.noise_minus_permutation:+.4f} ± {r.std:.4f}"
              for r in c.itertuples()]
     return text + ("; ".join(parts) or "no permutation measured") + "."
@@ -120,6 +123,10 @@ def _meaning(a: dict, b: dict, c: pd.DataFrame) -> str:
     claims = (f"{'Both' if a['pass'] and b['pass'] else 'Not both'} of the paper's claims hold: the values of θk "
               f"{'matter' if a['pass'] else 'were not shown to matter'} beyond their layer's distribution (a), and "
               f"its signs alone {'do not suffice' if b['pass'] else 'were not shown to be insufficient'} (b). ")
-    return claims + (f"At equal effective std, noise hurts less than {', '.join(worse)} by more than twice the "
-                     "std of the difference." if worse else
-                     "At equal effective std, noise does not hurt clearly less than any permutation.")
+    beyond = c[c.out_of_range].permutation.tolist()
+    text = (f"At equal effective std, noise hurts less than {', '.join(worse)} by more than twice the std of the "
+            "difference." if worse else "At equal effective std, noise does not hurt clearly less than any "
+            "permutation in the noise grid's range.")
+    if beyond:
+        text += f" Beyond the grid (no comparison at equal effective std): {', '.join(beyond)}."
+    return claims + text
