@@ -140,3 +140,18 @@ def test_early_stats_finds_kstar_in_the_stored_rewinding_experiment(stored):
         assert n["kstar"] == k.k and n["kstar_accuracy"] == acc
     else:
         assert n["kstar"] is None and "k*: none" in exp.check["measured"]
+
+
+def test_paper_early_stats_judges_the_papers_sentences_on_its_own_run(tmp_path):
+    from test_experiments import _write_fake_cifar
+
+    _write_fake_cifar(tmp_path / "cifar")
+    exp = earlyphase.run("early_stats", preset="paper", store=tmp_path / "s", overrides=[
+        f'run.data.root="{tmp_path / "cifar"}"', 'run.train.steps="6it"', 'run.train.milestones=["3it"]',
+        'run.observe.device="cpu"', 'run.observe.eval_every=""', 'dense_until="6it"', 'acc_steps=["4it"]',
+        "acc_low=[0.0]", "acc_high=[1.0]", "final_low=0.99", "final_high=1.0", 'grad_min_range=["1it", "6it"]'])
+    check = exp.check
+    # random 20-sample "CIFAR" cannot reach 99 %: the run departs from the paper's final accuracy
+    assert check["pass"] is False and "accuracy" in check["meaning"]
+    assert "at step 4 within [0, 1]" in check["statement"] and "at the end within [0.99, 1]" in check["statement"]
+    assert set(check["numbers"]["accuracy"]) == {"4", "6"}  # JSON keys: the steps judged

@@ -68,3 +68,17 @@ def test_bad_robustness_input_is_one_line_exit_2_and_stores_nothing(tmp_path, ep
     r = ep("run", "rewinding_robustness", "--store", tmp_path / "s", "--set", override)
     assert r.code == 2 and needle in r.err and len(r.err.strip().splitlines()) == 1
     assert snapshot(tmp_path) == before
+
+
+def test_paper_presets_resolve():
+    from earlyphase.experiments.runner import get_experiment, load_experiment_config
+
+    rob = load_experiment_config(get_experiment("rewinding_robustness"), preset="paper")
+    assert rob.run.model.name == "resnet_cifar_20" and rob.k == "2000it"
+    assert rob.rewinding("preset").run.model.bn_init == "uniform"
+    assert rob.rewinding("bn_init=ones").run.model.bn_init == "ones"
+    assert rob.rewinding("prune_output=false").run.model.prune_output is False
+    rew = load_experiment_config(get_experiment("rewinding"), preset="paper")
+    assert (rew.claim, rew.check_level, rew.check_min_k) == ("matching", 8, "500it")
+    es = load_experiment_config(get_experiment("early_stats"), preset="paper")
+    assert es.claim == "paper" and es.acc_steps == ("400it", "2000it") and es.grad_min_range == ("100it", "400it")
