@@ -94,13 +94,18 @@ def _findings(cfg: Any, tables: dict[str, pd.DataFrame]) -> Check:
                  f"norm's peak; the step t where the sign-flip rate over [t, t + {w}] falls to half its value over "
                  f"[0, {w}]; the test accuracy at k*, the smallest rewind point that matches at level "
                  f"{cfg.kstar_level} in a stored rewinding experiment of this run config.")
+    if len(link):  # the dense run's accuracy at every rewind point of the grid, beside its level result
+        link = link.assign(dense_accuracy_at_k=[accuracy_at(tables["results"], int(k)) for k in link.k_steps])
     matched = link[link.matches.astype(bool)] if len(link) else link
     if link.empty:
         kstar_text = (f"k*: missing (the store holds no rewinding experiment of this run config with level "
                       f"{cfg.kstar_level}; run `earlyphase run rewinding` on this store first)")
         n.update(kstar=None, kstar_accuracy=None, kstar_source=None)
     elif matched.empty:
-        kstar_text = f"k*: none (no rewind point of {link.experiment.iloc[0]} matches at level {cfg.kstar_level})"
+        kstar_text = (f"k*: none (no rewind point of {link.experiment.iloc[0]} matches at level {cfg.kstar_level}: "
+                      f"best mean {float(link['mean'].max()):.4f} against the threshold "
+                      f"{float(link.threshold.iloc[0]):.4f}); the dense run's test accuracy at the grid's rewind "
+                      "points: " + ", ".join(f"k = {r.k} {r.dense_accuracy_at_k:.4f}" for r in link.itertuples()))
         n.update(kstar=None, kstar_accuracy=None, kstar_source=str(link.experiment.iloc[0]))
     else:
         k = matched.iloc[0]
