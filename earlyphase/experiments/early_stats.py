@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..config import RunConfig, _check
 from ..models import build_model, prunable_names

@@ -3,7 +3,7 @@ noise), keep the mask, train from k. The IMP chains are the rewinding experiment
 so with that experiment stored only the perturbed runs train (see docs/experiments/perturbations.md)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
