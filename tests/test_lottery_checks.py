@@ -267,3 +267,9 @@ def test_robustness_says_where_the_effect_holds():
     assert chk.passed is None and chk.numbers["preset"]["holds"] and not chk.numbers["init_mode=fan_in"]["holds"]
     assert "holds in: preset" in chk.meaning and "does not in: init_mode=fan_in" in chk.meaning
     assert "k = 500it" in chk.statement and "level 9" in chk.statement
+
+
+def test_perturbations_say_when_fresh_magnitudes_do_not_train_at_all():
+    chk = perturbation_check(**{"signs k, magnitudes fresh": 0.09})
+    assert chk.passed is True and "a collapse rather than a worse fit" in chk.meaning
+    assert "collapse" not in perturbation_check().meaning

@@ -129,4 +129,8 @@ def _meaning(a: dict, b: dict, c: pd.DataFrame) -> str:
             "permutation in the noise grid's range.")
     if beyond:
         text += f" Beyond the grid (no comparison at equal effective std): {', '.join(beyond)}."
+    if b["signs_k_fresh_mean"] < 0.5 * a["rewind_0_mean"]:
+        text += (f" Note on (b): its runs end at {b['signs_k_fresh_mean']:.4f} ± {b['signs_k_fresh_std']:.4f}, less "
+                 "than half of rewinding to 0: the perturbed networks barely trained at all, a collapse rather "
+                 "than a worse fit (see the experiment's documentation for the mechanism on this network).")
     return claims + text
