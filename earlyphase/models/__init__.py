@@ -74,8 +74,9 @@ def init_weights(model: nn.Module, mode: str = "fan_in", bn: str = "ones") -> No
     ResNets) and bias 0.
 
     The fan matters for sparse training: with fan_in, cnn1d's first conv (fan_in 5, fan_out 160) starts
-    with weights ~6x larger than the rest, so global magnitude pruning never touches it; with
-    fan_out every layer starts on one scale (what torchvision's ResNets use).
+    with weights ~4x larger than the other convs', so global magnitude pruning removes fewer of them
+    (the laptop preset at level 9 keeps 64 % of them, against 49-60 % with fan_out); with fan_out
+    every layer starts on one scale (what torchvision's ResNets use).
 
     two_layer has no such modules, so it keeps its own N(0, 1) NTK initialization.
     """
