@@ -86,7 +86,10 @@ class ModelConfig:
     symmetric: bool = True  # two_layer: two halves with opposite second layers, so f0 = 0
     prune_output: bool = False  # whether the output layer's weight is prunable
     channels: tuple[int, ...] = ()  # vgg8_phases block channels; empty = the paper's 32-64-128-256-512
-    init_mode: str = "fan_in"  # Kaiming normal's fan for conv/linear weights: fan_in | fan_out
+    # conv/linear weights: Kaiming normal from fan_in | fan_out, or torch_default (each module's own
+    # reset_parameters(): uniform weights and biases)
+    init_mode: str = "fan_in"
+    bn_init: str = "ones"  # BatchNorm weights: ones | uniform (U[0, 1], as OpenLTH); biases 0 either way
     norm: str = "batch"  # vgg8_phases: "batch" (BatchNorm after each conv) | "none" (the BN-free control)
     init_std: float = 0.0  # > 0: conv/linear weights drawn N(0, init_std^2) instead of Kaiming (prototypes' W0)
 
@@ -94,8 +97,11 @@ class ModelConfig:
         _check(all(w >= 1 for w in self.widths), f"model.widths must be positive, got {list(self.widths)}")
         _check(self.width >= 1, f"model.width must be >= 1, got {self.width}")
         _check(all(c >= 1 for c in self.channels), f"model.channels must be positive, got {list(self.channels)}")
-        _check(self.init_mode in ("fan_in", "fan_out"),
-               f"model.init_mode must be 'fan_in' or 'fan_out' (Kaiming normal's fan), got {self.init_mode!r}")
+        _check(self.init_mode in ("fan_in", "fan_out", "torch_default"),
+               f"model.init_mode must be 'fan_in' or 'fan_out' (Kaiming normal's fan) or 'torch_default' "
+               f"(PyTorch's own layer init), got {self.init_mode!r}")
+        _check(self.bn_init in ("ones", "uniform"),
+               f"model.bn_init must be 'ones' or 'uniform' (BatchNorm weights U[0, 1]), got {self.bn_init!r}")
         _check(self.norm in ("batch", "none"), f"model.norm must be 'batch' or 'none', got {self.norm!r}")
         _check(self.init_std >= 0, f"model.init_std must be >= 0 (0 = Kaiming normal), got {self.init_std}")
 
@@ -175,6 +181,8 @@ class MaskConfig:
     ranked by the magnitude of its final weights, globally or per layer (``scope``); level L keeps
     round((1 - fraction)^L * N) of the N prunable weights.
     kind = "random": the per-layer densities of mask ``like``, positions drawn from ``seed``.
+    ``dense``: parameters left unmasked here although the source mask covers them (a pre-training
+    head whose class count differs from the real task's, e.g. rotation's four).
     """
 
     kind: str = "magnitude"
@@ -184,6 +192,7 @@ class MaskConfig:
     scope: str = "global"
     like: "MaskConfig | None" = None
     seed: int = 0
+    dense: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.kind in ("stored", "magnitude", "random"),

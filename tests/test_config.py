@@ -11,7 +11,8 @@ def test_pinned_run_ids():
     # If one of these changes, every store built before the change is orphaned: bump deliberately.
     assert run_id(RunConfig()) == "44136fa355b3678a"
     assert run_id(load_run_config(preset="laptop")) == "7f81c024637b00c2"  # fan_out init since stop 8
-    assert run_id(load_run_config(preset="paper")) == "f05334710bc39884"
+    assert run_id(load_run_config(preset="paper")) == "9c84061f3d6a03fd"  # OpenLTH BN init (bn_init) since issue 10
+    assert run_id(load_run_config(preset="paper", overrides=['model.bn_init="ones"'])) == "f05334710bc39884"
 
 
 def test_observations_do_not_change_the_run_id():

@@ -1,5 +1,7 @@
-"""SPEC §2.3: fine-grained statistics of one dense run's early phase, per layer and global, and
-after the run, distance and cosine similarity of the saved checkpoints to the final weights."""
+"""Fine-grained statistics of one dense run's early phase, per layer and global, and after the run,
+distance and cosine similarity of the saved checkpoints to the final weights. The laptop preset
+reports findings; the paper preset judges the paper's sentences on its own run (see
+docs/experiments/early_stats.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -7,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..config import RunConfig, _check
 from ..models import build_model, prunable_names
@@ -15,10 +16,8 @@ from ..steps import parse_step
 from ..store import Store
 from ..store.checkpoints import split_prefix
 from .base import Check, ExperimentDef, Plan
+from .early_verdicts import judge, link_rewinding
 
-STATEMENT = ("(ours) Every per-step statistic is recorded at every step of the dense run; the gradient norm "
-             "peaks within the first 10 % of training; the checkpoints approach the final weights (cosine to "
-             "theta_T rises to 1) while the distance to theta_0 grows.")
 PER_STEP = ("grad_norm", "weight_magnitude", "sign_change", "dist_init", "cos_init")
 
 
@@ -29,11 +28,38 @@ class EarlyStatsConfig:
     dense_until: str = "100it"  # evaluate at every step up to here ...
     every: str = "10it"  # ... then every this many steps
     seeds: int = 1  # kept for the common --seeds option: the statistics of one run
+    claim: str = "findings"  # findings (no pass/fail) | paper (the paper's sentences, tolerances below)
+    flip_window: str = "100it"  # the sign-flip rate is the change of the flipped fraction per this window
+    kstar_level: int = 9  # k*: the smallest rewind point matching at this level (a stored rewinding experiment)
+    # claim = "paper": test accuracy at each of acc_steps within [acc_low, acc_high], and at the last step
+    # within [final_low, final_high]; the gradient norm's largest value at a step <= grad_peak_max; its
+    # minimum over steps 1..grad_min_within (a centred rolling mean over grad_smooth steps, since each
+    # value is one minibatch's) at a step within grad_min_range
+    acc_steps: tuple[str, ...] = ("400it", "2000it")
+    acc_low: tuple[float, ...] = (0.45, 0.70)
+    acc_high: tuple[float, ...] = (0.65, 0.90)
+    final_low: float = 0.895
+    final_high: float = 0.935
+    grad_peak_max: str = "10it"
+    grad_min_range: tuple[str, str] = ("100it", "400it")
+    grad_min_within: str = "2000it"
+    grad_smooth: int = 21
 
     def __post_init__(self) -> None:
         _check(self.seeds >= 1, f"seeds must be >= 1, got {self.seeds}")
-        parse_step(self.dense_until)
-        parse_step(self.every)
+        _check(self.claim in ("findings", "paper"), f"claim must be 'findings' or 'paper', got {self.claim!r}")
+        _check(self.kstar_level >= 1, f"kstar_level must be >= 1, got {self.kstar_level}")
+        _check(len(self.acc_steps) == len(self.acc_low) == len(self.acc_high),
+               "acc_steps, acc_low and acc_high must have the same length")
+        _check(all(0 <= lo <= hi <= 1 for lo, hi in zip(self.acc_low, self.acc_high))
+               and 0 <= self.final_low <= self.final_high <= 1,
+               "accuracy windows must satisfy 0 <= low <= high <= 1")
+        _check(self.grad_smooth >= 1, f"grad_smooth must be >= 1, got {self.grad_smooth}")
+        steps = (self.dense_until, self.every, self.flip_window, *self.acc_steps, self.grad_peak_max,
+                 *self.grad_min_range, self.grad_min_within)
+        _check(all(parse_step(s).epochs == 0 for s in steps),
+               "early_stats step options must be in iterations, e.g. '400it'")
+        _check(parse_step(self.flip_window).iterations >= 1, "flip_window must be at least 1it")
 
 
 def stats_run(cfg: EarlyStatsConfig) -> RunConfig:
@@ -71,6 +97,7 @@ def distance_to_final(cfg: RunConfig, store: Store, rid: str) -> pd.DataFrame:
 class EarlyStats(ExperimentDef):
     name = "early_stats"
     config_cls = EarlyStatsConfig
+    main_figure = "early_phase_statistics"
     description = ("Early-phase statistics (SPEC §2.3) of one dense run, recorded on the device at every step: "
                    "gradient norm, mean |w|, sign changes, distance and cosine to theta_0, a sample of weight "
                    "trajectories; distance and cosine to theta_T from the saved checkpoints (dense schedule).")
@@ -90,7 +117,7 @@ class EarlyStats(ExperimentDef):
         final = distance_to_final(plan.graph.nodes[rid], store, rid)
         return {"results": evals.reset_index(), "statistics": stats.drop(columns=["split"]).reset_index(drop=True),
                 "trajectories": m[m.name == "weight_traj"].drop(columns=["split", "name"]).reset_index(drop=True),
-                "to_final": final}
+                "to_final": final, "rewinding": link_rewinding(store, rid, cfg.seed, cfg.kstar_level)}
 
     def figures(self, cfg: EarlyStatsConfig, tables: dict[str, pd.DataFrame], directory: Path) -> list[Path]:
         from ..report import log_step_axis, new_figure, save_figure
@@ -133,19 +160,4 @@ class EarlyStats(ExperimentDef):
         return save_figure(fig, directory, "early_phase_statistics")
 
     def check(self, cfg: EarlyStatsConfig, tables: dict[str, pd.DataFrame]) -> Check:
-        stats, final = tables["statistics"], tables["to_final"]
-        total = int(final.step.max())
-        glob = stats[stats.layer == ""]
-        counts = {name: int(glob[glob.name == name].step.nunique()) for name in PER_STEP}
-        # every step 0..T; the gradient norm exists from the first update on (steps 1..T)
-        every_step = all(c >= total + (0 if name == "grad_norm" else 1) for name, c in counts.items())
-        g = glob[glob.name == "grad_norm"].sort_values("step")
-        peak_step = int(g.step.iloc[int(np.argmax(g.value.values))]) if len(g) else -1
-        fin = final[final.layer == ""].sort_values("step")
-        dist0 = glob[glob.name == "dist_init"].sort_values("step")
-        passed = bool(every_step and 0 <= peak_step <= 0.1 * total and fin.cos_final.iloc[-1] > 0.999
-                      and fin.cos_final.iloc[0] < fin.cos_final.iloc[-1]
-                      and dist0.value.iloc[-1] > dist0.value.iloc[min(10, len(dist0) - 1)])
-        numbers = {"steps": total, "values_per_statistic": counts, "grad_norm_peak_step": peak_step,
-                   "cos_final_at_0": float(fin.cos_final.iloc[0]), "dist_init_at_T": float(dist0.value.iloc[-1])}
-        return Check(STATEMENT, passed, numbers)
+        return judge(cfg, tables)

@@ -1,5 +1,6 @@
-"""SPEC §2.1-2.2: iterative magnitude pruning with rewinding to k, its two controls, and the
-rewinding sweep: test accuracy against density per k, and the smallest matching density per k."""
+"""Iterative magnitude pruning with rewinding to k, its two controls, and the rewinding sweep: test
+accuracy against density per k, and the smallest matching density per k (see
+docs/experiments/rewinding.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -15,8 +16,20 @@ from ..steps import parse_step, steps_per_epoch
 from ..store import Store
 from .base import Check, ExperimentDef, Plan
 
-STATEMENT = ("At level 9 (13.4 % density) the best rewind point k >= 100 beats k = 0 by more than twice the "
-             "pooled std over seeds and is within 1.5 points of the dense accuracy.")
+CLAIMS = ("margin", "matching")
+FAN_OUT_NOTE = ("Initialization: this run config draws conv/linear weights Kaiming normal from the fan-out "
+                "(model.init_mode = \"fan_out\", torchvision's choice), not the fan-in. With the fan-in, cnn1d's "
+                "first conv (fan-in 5) starts with weights about 4x larger than the other convs' (fan-in 96), and "
+                "in the single measurement that chose this preset, rewinding to k = 0 then kept 96.7 % test "
+                "accuracy at 13.4 % density, leaving little for rewinding to recover; with the fan-out every layer "
+                "starts on one scale. The preset was chosen because it shows the phenomenon, so which settings "
+                "show it is measured too: see the rewinding_robustness experiment's table (fan-in, PyTorch's "
+                "default init, output layer pruned, layer-wise pruning).")
+
+
+def pooled_std(s1: float, s2: float) -> float:
+    """sqrt((s1^2 + s2^2) / 2): the pooled std of two curves over seeds."""
+    return float(np.sqrt((s1 ** 2 + s2 ** 2) / 2))
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,9 @@ class RewindingConfig:
     check_level: int = 9  # the level the check is judged at
     check_min_k: str = "100it"  # "best k >= this" in the check
     max_gap: float = 0.015  # within this of dense (1.5 points)
+    # margin: the best k >= check_min_k beats k = 0 by > 2 pooled std and is within max_gap of dense;
+    # matching: every k >= check_min_k matches down to check_level and k = 0 does not (the paper's claim)
+    claim: str = "margin"
 
     def __post_init__(self) -> None:
         _check(self.levels >= 0, f"levels must be >= 0, got {self.levels}")
@@ -39,6 +55,10 @@ class RewindingConfig:
         _check(self.scope in ("global", "layerwise"), f"scope must be 'global' or 'layerwise', got {self.scope!r}")
         _check(self.controls in ("none", "largest", "all"), f"controls must be none, largest or all, got {self.controls!r}")
         _check(len(self.rewind) >= 1, "rewind must list at least one rewind point")
+        _check(self.claim in CLAIMS, f"claim must be 'margin' or 'matching', got {self.claim!r}")
+        _check(self.check_level >= 1, f"check_level must be >= 1, got {self.check_level}")
+        _check(0.0 <= self.max_gap < 1.0, f"max_gap must be in [0, 1), got {self.max_gap}")
+        parse_step(self.check_min_k)
         for k in self.rewind:
             parse_step(k)
 
@@ -127,26 +147,51 @@ def smallest_matching(summary: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return pd.DataFrame(out).sort_values("k_steps").reset_index(drop=True)
 
 
+def result_tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The experiment's tables from its per-run rows: results, summary and smallest matching density."""
+    summary = summarize(results)
+    _, threshold = matching(results)
+    return {"results": results.sort_values(["control", "k_steps", "level", "seed"]).reset_index(drop=True),
+            "summary": summary, "matching": smallest_matching(summary, threshold)}
+
+
+def statement(cfg: RewindingConfig) -> str:
+    """The claim judged, built from the config (level, its nominal density, k, thresholds, seeds)."""
+    level = min(cfg.check_level, cfg.levels)
+    where = f"level {level} (~{(1 - cfg.fraction) ** level:.1%} density)"
+    if cfg.claim == "matching":
+        return (f"Rewinding to every k >= {cfg.check_min_k} matches the dense network at every level down to "
+                f"{where} (mean over {cfg.seeds} seeds at least the dense mean minus one dense std), and "
+                "rewinding to k = 0 does not.")
+    return (f"At {where} the best rewind point k >= {cfg.check_min_k} beats k = 0 by more than twice the pooled "
+            f"std over {cfg.seeds} seeds and is within {cfg.max_gap * 100:g} points of the dense accuracy.")
+
+
+def setting_words(run: RunConfig, scope: str) -> str:
+    """The setting a verdict was judged in, in words (the rewinding_robustness table varies it)."""
+    return (f"init {run.model.init_mode}, output layer {'pruned' if run.model.prune_output else 'not pruned'}, "
+            f"{scope} pruning")
+
+
 class Rewinding(ExperimentDef):
     name = "rewinding"
     config_cls = RewindingConfig
-    description = ("IMP with rewinding (SPEC §2.1-2.2): the dense run trains once per seed; each level prunes 20 % "
-                   "of the surviving weights by global magnitude, rewinds them to step k, and trains from k to T "
-                   "with the dense run's learning rate and data order. Controls: random pruning (a random mask "
-                   "with the IMP mask's per-layer densities, weights at k) and random reinitialization (the IMP "
-                   "mask, fresh weights), both trained from k.")
+    main_figure = "accuracy_vs_density"
+    description = ("IMP with rewinding: the dense run trains once per seed; each level prunes 20 % of the "
+                   "surviving weights by magnitude (global ranking unless scope = layerwise), rewinds them to "
+                   "step k, and trains from k to T with the dense run's learning rate and data order. Controls: "
+                   "random pruning (a random mask with the IMP mask's per-layer densities, weights at k) and "
+                   "random reinitialization (the IMP mask, fresh weights), both trained from k.")
 
     def plan(self, cfg: RewindingConfig, store: Store) -> Plan:
         plan = Plan()
         imp_chains(cfg, plan)
+        if cfg.run.model.init_mode == "fan_out":
+            plan.notes.append(FAN_OUT_NOTE)
         return plan
 
     def analyze(self, cfg: RewindingConfig, plan: Plan, store: Store) -> dict[str, pd.DataFrame]:
-        results = final_rows(plan, store)
-        summary = summarize(results)
-        _, threshold = matching(results)
-        return {"results": results.sort_values(["control", "k_steps", "level", "seed"]).reset_index(drop=True),
-                "summary": summary, "matching": smallest_matching(summary, threshold)}
+        return result_tables(final_rows(plan, store))
 
     def figures(self, cfg: RewindingConfig, tables: dict[str, pd.DataFrame], directory: Path) -> list[Path]:
         from ..report import band, new_figure, save_figure
@@ -176,22 +221,79 @@ class Rewinding(ExperimentDef):
         results, summary = tables["results"], tables["summary"]
         dense_mean, threshold = matching(results)
         level = min(cfg.check_level, cfg.levels)
-        imp = summary[(summary.control == "imp") & (summary.level == level)]
+        imp = summary[summary.control == "imp"]
+        at = imp[imp.level == level]
         min_k = parse_step(cfg.check_min_k).iterations
-        k0 = imp[imp.k_steps == 0]
-        late = imp[imp.k_steps >= min_k]
-        numbers = {"level": level, "density": float(imp.density.mean()) if len(imp) else None,
+        numbers = {"claim": cfg.claim, "level": level, "density": float(at.density.mean()) if len(at) else None,
                    "dense_mean": dense_mean, "matching_threshold": threshold,
-                   "smallest_matching_density": dict(zip(tables["matching"].k, tables["matching"].smallest_matching_density))}
-        if k0.empty or late.empty:
-            return Check(STATEMENT, False, {**numbers, "reason": "needs k = 0 and some k >= check_min_k"})
-        best = late.sort_values("mean").iloc[-1]
-        k0 = k0.iloc[0]
-        pooled = float(np.sqrt((k0["std"] ** 2 + best["std"] ** 2) / 2))
-        margin = float(best["mean"] - k0["mean"])
-        gap = float(dense_mean - best["mean"])
-        passed = bool(margin > 2 * pooled and gap <= cfg.max_gap)
-        numbers.update({"best_k": best["k"], "best_k_mean": float(best["mean"]), "best_k_std": float(best["std"]),
-                        "k0_mean": float(k0["mean"]), "k0_std": float(k0["std"]), "margin_over_k0": margin,
-                        "twice_pooled_std": 2 * pooled, "gap_to_dense": gap, "max_gap": cfg.max_gap})
-        return Check(STATEMENT, passed, numbers)
+                   "setting": setting_words(cfg.run, cfg.scope),
+                   "smallest_matching_density": dict(zip(tables["matching"].k,
+                                                         tables["matching"].smallest_matching_density))}
+        if at[at.k_steps == 0].empty or at[at.k_steps >= min_k].empty:
+            return Check(statement(cfg), False, {**numbers, "reason": "needs k = 0 and some k >= check_min_k"},
+                         measured=f"The sweep has no k = 0 or no k >= {cfg.check_min_k} at level {level}.",
+                         meaning="The claim cannot hold without both curves.")
+        judge = _matching_claim if cfg.claim == "matching" else _margin_claim
+        passed, more, measured, meaning = judge(cfg, imp, level, min_k, dense_mean, threshold)
+        numbers.update(more)
+        per_seed = results[(results.control == "dense") | ((results.control == "imp") & (results.level == level))]
+        note = (f" Judged with {numbers['setting']}; the rewinding_robustness experiment's table shows which "
+                "settings show the effect.")
+        if cfg.run.model.init_mode == "fan_out":
+            note += (" The fan-out init is the laptop preset's choice: with the fan-in, cnn1d's first conv starts "
+                     "about 4x larger than the other convs, and in the measurement that chose the preset k = 0 "
+                     "then kept 96.7 % at 13.4 % density; rewinding_robustness measures the effect under fan-in.")
+        return Check(statement(cfg), passed, numbers, measured=measured, meaning=meaning + note,
+                     tables={"per_seed": per_seed[["control", "k", "level", "seed", "density", "test_accuracy",
+                                                   "run_id"]].reset_index(drop=True),
+                             "per_level": imp[["k", "level", "density", "mean", "std", "seeds"]]
+                             .reset_index(drop=True)})
+
+
+def _margin_claim(cfg: RewindingConfig, imp: pd.DataFrame, level: int, min_k: int, dense_mean: float,
+                  threshold: float) -> tuple[bool, dict, str, str]:
+    """Best k >= min_k against k = 0 at ``level``: margin over 2 pooled std, gap to dense."""
+    at = imp[imp.level == level]
+    best = at[at.k_steps >= min_k].sort_values("mean").iloc[-1]
+    k0 = at[at.k_steps == 0].iloc[0]
+    pooled = pooled_std(float(k0["std"]), float(best["std"]))
+    margin, gap = float(best["mean"] - k0["mean"]), float(dense_mean - best["mean"])
+    beats, close = margin > 2 * pooled, gap <= cfg.max_gap
+    numbers = {"best_k": best["k"], "best_k_mean": float(best["mean"]), "best_k_std": float(best["std"]),
+               "k0_mean": float(k0["mean"]), "k0_std": float(k0["std"]), "margin_over_k0": margin,
+               "twice_pooled_std": 2 * pooled, "gap_to_dense": gap, "max_gap": cfg.max_gap}
+    measured = (f"At level {level} ({float(best['density']):.1%}): rewinding to k = {best['k']} (the best k >= "
+                f"{cfg.check_min_k}) reaches {float(best['mean']):.4f} ± {float(best['std']):.4f}, k = 0 "
+                f"{float(k0['mean']):.4f} ± {float(k0['std']):.4f}: a margin of {margin:+.4f} against twice the "
+                f"pooled std {2 * pooled:.4f}; dense {dense_mean:.4f}, a gap of {gap:.4f} (allowed {cfg.max_gap}).")
+    if beats and close:
+        meaning = "Rewinding to a late step recovers what rewinding to step 0 loses at this sparsity."
+    else:
+        why = [w for w, bad in (("k does not beat k = 0 by the margin", not beats),
+                                ("k stays too far below dense", not close)) if bad]
+        meaning = f"The claim does not hold here: {' and '.join(why)}."
+    return bool(beats and close), numbers, measured, meaning
+
+
+def _matching_claim(cfg: RewindingConfig, imp: pd.DataFrame, level: int, min_k: int, dense_mean: float,
+                    threshold: float) -> tuple[bool, dict, str, str]:
+    """Every k >= min_k matches at every level 1..``level``; k = 0 does not."""
+    down = imp[imp.level <= level]
+    matches = {k: bool((g["mean"] >= threshold).all() and set(g.level) >= set(range(1, level + 1)))
+               for k, g in down.groupby("k")}
+    steps = dict(zip(imp.k, imp.k_steps))
+    late = {k: m for k, m in matches.items() if steps[k] >= min_k}
+    k0 = next(m for k, m in matches.items() if steps[k] == 0)
+    passed = all(late.values()) and not k0
+    worst = {k: float(g["mean"].min()) for k, g in down.groupby("k")}
+    numbers = {"matches_down_to_level": matches, "lowest_mean_down_to_level": worst}
+    measured = (f"Matching threshold (dense mean {dense_mean:.4f} minus one std) {threshold:.4f}. Levels 1-{level}: "
+                + "; ".join(f"k = {k} {'matches' if m else 'does not match'} (lowest mean {worst[k]:.4f})"
+                            for k, m in sorted(matches.items(), key=lambda kv: steps[kv[0]])) + ".")
+    if passed:
+        meaning = "Late rewinding keeps dense accuracy down to this sparsity and rewinding to step 0 does not."
+    else:
+        why = [w for w, bad in (("some k >= " + cfg.check_min_k + " does not match", not all(late.values())),
+                                ("k = 0 matches as well", k0)) if bad]
+        meaning = f"The paper's claim does not hold here: {' and '.join(why)}."
+    return bool(passed), numbers, measured, meaning

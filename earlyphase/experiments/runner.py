@@ -25,8 +25,8 @@ class RunsFailed(Exception):
 
 
 # Experiment modules in demo order; each defines one ExperimentDef subclass.
-MODULES = ("rewinding", "early_stats", "perturbations", "pretraining", "linear_dynamics", "learning_phases",
-           "prototypes")
+MODULES = ("rewinding", "rewinding_robustness", "early_stats", "perturbations", "pretraining", "linear_dynamics",
+           "learning_phases", "prototypes")
 
 
 def registry() -> dict[str, ExperimentDef]:

@@ -87,6 +87,8 @@ def level_of(mcfg: MaskConfig | None, store: Store) -> int:
 def resolve_mask(mcfg: MaskConfig, store: Store, shapes: dict[str, torch.Size]) -> Mask:
     """The bool tensors a MaskConfig stands for, for prunable weights of the given shapes.
     Derived masks are cached in the store under a hash of their config."""
+    if mcfg.dense:
+        return _with_dense(mcfg, store, shapes)
     if mcfg.kind == "stored":
         mask = store.load_mask(mcfg.id)
         _check_fits(mask, shapes, mcfg.id)
@@ -114,6 +116,28 @@ def resolve_mask(mcfg: MaskConfig, store: Store, shapes: dict[str, torch.Size]) 
 
     save_checkpoint(cached, mask, {"kind": "mask", "config": canonical_json(to_dict(mcfg))})
     return mask
+
+
+def _with_dense(mcfg: MaskConfig, store: Store, shapes: dict[str, torch.Size]) -> Mask:
+    """The source mask (resolved at its own shapes) with ``mcfg.dense`` parameters all kept."""
+    import dataclasses
+
+    inner = dataclasses.replace(mcfg, dense=())
+    source = source_shapes(inner, store)
+    full = resolve_mask(inner, store, {n: (source[n] if n in mcfg.dense and n in source else s)
+                                       for n, s in shapes.items()})
+    return {n: (torch.ones(shapes[n], dtype=torch.bool) if n in mcfg.dense else m) for n, m in full.items()}
+
+
+def source_shapes(mcfg: MaskConfig, store: Store) -> dict[str, torch.Size]:
+    """Shapes of the weights a mask was derived from: its IMP parent's final weights, or a stored mask."""
+    if mcfg.kind == "stored":
+        return {n: m.shape for n, m in store.load_mask(mcfg.id).items()}
+    if mcfg.kind == "random":
+        return source_shapes(mcfg.like, store)
+    rd = store.run(mcfg.from_run)
+    _run_config(store, mcfg.from_run)
+    return {n: t.shape for n, t in split_prefix(rd.load(max(rd.checkpoint_steps()))[0], "model.").items()}
 
 
 def _check_fits(mask: Mask, shapes: dict[str, torch.Size], mask_id: str) -> None:
