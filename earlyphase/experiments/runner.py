@@ -24,7 +24,8 @@ class RunsFailed(Exception):
 
 
 # Experiment modules in demo order; each defines one ExperimentDef subclass.
-MODULES = ("rewinding", "early_stats", "perturbations", "pretraining", "linear_dynamics", "learning_phases")
+MODULES = ("rewinding", "early_stats", "perturbations", "pretraining", "linear_dynamics", "learning_phases",
+           "instability", "gradient_subspace", "critical_period")
 
 
 def registry() -> dict[str, ExperimentDef]:
