@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 import earlyphase
-from earlyphase.cli import main
 from earlyphase.experiments.critical_period import CriticalPeriodConfig, end_of_period, judge
 from earlyphase.store import Store
+from user_errors import assert_rejected
 
 TINY_RUN = ['run.train.steps="60it"', 'run.train.milestones=["30it"]', 'run.data.n_train=300',
             'run.data.n_test=100', 'run.train.batch_size=50', 'run.observe.eval_every=""']
@@ -112,13 +112,7 @@ def test_check_gives_null_with_one_seed():
     ('starts=["100it", "200it"]', "starts must begin at 0"),
 ])
 def test_bad_input_is_one_line_exit_2_and_stores_nothing(tmp_path, capsys, snapshot, override, needle):
-    store = tmp_path / "s"
-    Store(store)
-    before = snapshot(store)
-    code = main(["run", "critical_period", "--store", str(store), "--set", override])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and needle in err and len(err.splitlines()) == 1
-    assert snapshot(store) == before
+    assert_rejected("critical_period", override, needle, tmp_path / "s", capsys, snapshot)
 
 
 def test_label_noise_deficit_changes_only_the_window_labels(tmp_path):

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 import earlyphase
-from earlyphase.cli import main
 from earlyphase.experiments.gradient_subspace import GradientSubspaceConfig, judge
 from earlyphase.store import Store
+from user_errors import assert_rejected
 
 TINY_RUN = ['run.train.steps="40it"', 'run.train.milestones=["20it"]', 'run.data.n_train=300',
             'run.data.n_test=100', 'run.train.batch_size=50', 'run.observe.eval_every=""']
@@ -85,13 +85,7 @@ def test_check_gives_null_without_a_checkpoint_before_the_drop():
     ('solver="power"', "solver must be"),
 ])
 def test_bad_input_is_one_line_exit_2_and_stores_nothing(tmp_path, capsys, snapshot, override, needle):
-    store = tmp_path / "s"
-    Store(store)
-    before = snapshot(store)
-    code = main(["run", "gradient_subspace", "--store", str(store), "--set", override])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and needle in err and len(err.splitlines()) == 1
-    assert snapshot(store) == before
+    assert_rejected("gradient_subspace", override, needle, tmp_path / "s", capsys, snapshot)
 
 
 def test_paper_preset_first_steps_on_cifar_shaped_data(tmp_path):

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import earlyphase
-from earlyphase.cli import main
 from earlyphase.experiments.instability import InstabilityConfig, judge, summarize
 from earlyphase.probes import interpolation as I
 from earlyphase.store import Store
+from user_errors import assert_rejected
 
 TINY_RUN = ['run.train.steps="60it"', 'run.train.milestones=["30it"]', 'run.data.n_train=300',
             'run.data.n_test=200', 'run.train.batch_size=50', 'run.observe.eval_every=""']
@@ -193,13 +193,7 @@ def test_check_gives_null_when_no_rewind_point_matches():
     ("points=2", "points must be"),
 ])
 def test_bad_input_is_one_line_exit_2_and_stores_nothing(tmp_path, capsys, snapshot, override, needle):
-    store = tmp_path / "s"
-    Store(store)
-    before = snapshot(store)
-    code = main(["run", "instability", "--store", str(store), "--set", override])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and needle in err and len(err.splitlines()) == 1
-    assert snapshot(store) == before
+    assert_rejected("instability", override, needle, tmp_path / "s", capsys, snapshot)
 
 
 def test_paper_preset_first_steps_on_cifar_shaped_data(tmp_path):
