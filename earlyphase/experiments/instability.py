@@ -78,8 +78,8 @@ class Instability(ExperimentDef):
                    "train to T on data orders s and s + offset with fresh optimizer state; test error at evenly "
                    "spaced points on the straight line between their end points; error barrier = path maximum "
                    "minus the mean of the two ends. Dense and IMP subnetworks (one copy is the rewinding "
-                   "experiment's IMP run). Copies that differ only in their optimizer state from a continuous "
-                   "run are separate runs: each copy starts from theta_k with fresh momentum.")
+                   "experiment's IMP run). At k = 0 the dense copy on data order s is the dense run itself; at "
+                   "k > 0 it is a new run from theta_k with fresh momentum.")
 
     def plan(self, cfg: InstabilityConfig, store: Store) -> InstabilityPlan:
         all_k = tuple(dict.fromkeys((*cfg.dense_k, *cfg.rewind, *cfg.extra_k)))
@@ -121,8 +121,8 @@ class Instability(ExperimentDef):
 def _pair(plan: InstabilityPlan, cfg: InstabilityConfig, seed: int, level: int, k: str, k_steps: int, a: str) -> None:
     """Add the copy of run ``a`` that differs only in its data order, and record the pair."""
     other = plan.graph.nodes[a]
-    b = plan.add(other.replace(data_seed=other.data_seed + cfg.data_seed_offset), kind="copy_b", level=level, k=k,
-                 seed=seed)
+    b = plan.add(other.replace(data_seed=other.data_seed + cfg.data_seed_offset, observe=cfg.run.observe),
+                 kind="copy_b", level=level, k=k, seed=seed)
     plan.pairs.append({"seed": seed, "level": level, "k": k, "k_steps": k_steps, "run_a": a, "run_b": b})
 
 
