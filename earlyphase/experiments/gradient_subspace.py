@@ -224,6 +224,7 @@ def draw(tables: dict[str, pd.DataFrame], directory: Path) -> list[Path]:
     drops = sorted(set(int(v) for v in res[res.lr_drop.astype(bool)].step))
     for ax in axes:
         log_step_axis(ax)
+        ax.set_xlim(left=0)
         for i, d in enumerate(drops):
             ax.axvline(d, color="tab:red", ls=":", lw=1, label="lr drops" if i == 0 else None)
         ax.legend(fontsize=6)
