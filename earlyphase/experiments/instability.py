@@ -273,6 +273,7 @@ def draw(cfg: InstabilityConfig, tables: dict[str, pd.DataFrame], directory: Pat
         ax.scatter(match.k_steps, 100 * match.barrier_mean, s=40, facecolors="none", edgecolors=line.get_color())
     ax.axhline(100 * cfg.threshold, color="black", lw=0.8, ls=":", label=f"stable below {100 * cfg.threshold:g} pts")
     log_step_axis(ax)
+    ax.set_xlim(left=0)
     ax.set_xlabel("rewind point k (steps)")
     ax.set_ylabel("error barrier (percentage points)")
     ax.set_title(f"Instability: barrier against k (band ±1 std, {cfg.seeds} seeds; rings: matching)")
