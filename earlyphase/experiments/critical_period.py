@@ -37,8 +37,10 @@ class CriticalPeriodConfig:
 
     def __post_init__(self) -> None:
         _check(self.seeds >= 1, f"seeds must be >= 1, got {self.seeds}")
-        _check(self.deficit in ("blur", "label_noise"), f"deficit must be 'blur' or 'label_noise', got {self.deficit!r}")
-        _check(self.blur >= 2 or self.deficit != "blur", f"blur must be a factor >= 2 for a blur deficit, got {self.blur}")
+        _check(self.deficit in ("blur", "label_noise"),
+               f"deficit must be 'blur' or 'label_noise', got {self.deficit!r}")
+        _check(self.blur >= 2 or self.deficit != "blur",
+               f"blur must be a factor >= 2 for a blur deficit, got {self.blur}")
         _check(0 < self.label_noise <= 1 or self.deficit != "label_noise",
                f"label_noise must be in (0, 1] for a label-noise deficit, got {self.label_noise}")
         _check(len(self.starts) >= 2, "starts needs at least two window starts (the check compares the first and last)")
@@ -178,10 +180,10 @@ def judge(cfg: CriticalPeriodConfig, tables: dict[str, pd.DataFrame]) -> Check:
     else:
         a_ok, b_ok = bool(lasting > spread_a), bool(recovery > spread_b)
     end = tables["critical_period"].end_of_critical_period.iloc[0]
-    statement = (f"A {int(first.length)}-step window of {_deficit_text(cfg)} at step {int(first.start)} leaves a lasting "
-                 f"loss (final accuracy below the no-deficit runs by more than twice the pooled std over "
-                 f"{int(none.seeds)} seeds), and the same window at step {int(last.start)} hurts less than it by more "
-                 f"than twice the pooled std.")
+    statement = (f"A {int(first.length)}-step window of {_deficit_text(cfg)} at step {int(first.start)} leaves a "
+                 f"lasting loss (final accuracy below the no-deficit runs by more than twice the pooled std over "
+                 f"{int(none.seeds)} seeds), and the same window at step {int(last.start)} hurts less than it by "
+                 f"more than twice the pooled std.")
     numbers = {"no_deficit_mean": float(none["mean"]), "no_deficit_std": float(none["std"]),
                "first_start": int(first.start), "first_mean": float(first["mean"]), "first_std": float(first["std"]),
                "last_start": int(last.start), "last_mean": float(last["mean"]), "last_std": float(last["std"]),
@@ -191,16 +193,19 @@ def judge(cfg: CriticalPeriodConfig, tables: dict[str, pd.DataFrame]) -> Check:
                "dose": {int(r.length): float(r.mean) for r in summary[summary.sweep == "dose"].itertuples()}}
     measured = (f"No deficit {100 * none['mean']:.2f} ± {100 * none['std']:.2f} %; window at {int(first.start)}: "
                 f"{100 * first['mean']:.2f} ± {100 * first['std']:.2f} % (loss {100 * lasting:.2f} pts against "
-                f"{100 * spread_a:.2f}); window at {int(last.start)}: {100 * last['mean']:.2f} ± {100 * last['std']:.2f} % "
+                f"{100 * spread_a:.2f}); window at {int(last.start)}: {100 * last['mean']:.2f} ± "
+                f"{100 * last['std']:.2f} % "
                 f"(better than at {int(first.start)} by {100 * recovery:.2f} pts against {100 * spread_b:.2f}). Dose "
-                f"(accuracy by window length): " + ", ".join(f"{k}: {100 * v:.2f} %" for k, v in numbers["dose"].items())
+                f"(accuracy by window length): "
+                + ", ".join(f"{k}: {100 * v:.2f} %" for k, v in numbers["dose"].items())
                 + f". End of the critical period: {numbers['end_of_critical_period']}.")
     passed = verdict(a_ok, b_ok)
     meaning = {True: "PASS: an early deficit does lasting damage that the same deficit later does not: a critical "
                      "period.",
                None: "No verdict: with one seed there is no spread to judge the differences against.",
-               False: "FAIL: " + ("an early deficit leaves no lasting loss beyond seed noise" if a_ok is False else
-                                  "a late deficit hurts about as much as an early one (no closing window)") + "."}[passed]
+               False: "FAIL: " + ("an early deficit leaves no lasting loss beyond seed noise" if a_ok is False
+                                  else "a late deficit hurts about as much as an early one (no closing window)")
+                      + "."}[passed]
     return Check(statement, passed, numbers, measured=measured, meaning=meaning,
                  tables={"sliding_window": tables["results"][tables["results"].sweep.isin(["none", "sliding"])],
                          "damage": tables["critical_period"]})
@@ -217,7 +222,8 @@ def draw(cfg: CriticalPeriodConfig, tables: dict[str, pd.DataFrame], directory: 
     ax.set_xlabel("window length L (steps)")
     ax.set_title(f"Dose: {_deficit_text(cfg)}")
     slide = summary[summary.sweep == "sliding"].sort_values("start")
-    band(ax2, slide.start, 100 * slide["mean"], 100 * slide["std"], label=f"deficit in [s, s + {int(slide.length.iloc[0])})")
+    width = int(slide.length.iloc[0])
+    band(ax2, slide.start, 100 * slide["mean"], 100 * slide["std"], label=f"deficit in [s, s + {width})")
     end = tables["critical_period"].end_of_critical_period.iloc[0]
     if not pd.isna(end):
         ax2.axvline(int(end), color="tab:red", ls=":", label=f"end of the critical period ({int(end)})")

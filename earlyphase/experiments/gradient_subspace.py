@@ -48,7 +48,8 @@ class GradientSubspaceConfig:
         _check(self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         _check(0 < self.tol < 1, f"tol must be in (0, 1), got {self.tol}")
         _check(self.max_iter >= 2 and self.chunk >= 1, "max_iter must be >= 2 and chunk >= 1")
-        _check(self.hvp_mode in ("fwd_rev", "rev_rev"), f"hvp_mode must be 'fwd_rev' or 'rev_rev', got {self.hvp_mode!r}")
+        _check(self.hvp_mode in ("fwd_rev", "rev_rev"),
+               f"hvp_mode must be 'fwd_rev' or 'rev_rev', got {self.hvp_mode!r}")
         _check(self.bn in ("reestimate", "stored"), f"bn must be 'reestimate' or 'stored', got {self.bn!r}")
 
 
@@ -188,11 +189,11 @@ def judge(cfg: GradientSubspaceConfig, results: pd.DataFrame) -> Check:
                "mean_fraction_after_drop": float(after.fraction.mean()) if len(after) else None,
                "checkpoints_judged": int(len(before)), "min_fraction": cfg.min_fraction, "min_ratio": cfg.min_ratio,
                "unconverged_eigensolves": int((~results.converged.astype(bool)).sum())}
+    after_text = "none" if len(after) == 0 else f"{numbers['mean_fraction_after_drop']:.3f}"
     measured = (f"Over {len(before)} checkpoints before step {drop}, the gradient fraction in the top-K subspace "
                 f"was at least {lowest:.3f} (seed {int(worst.seed)}, step {int(worst.step)}; mean "
                 f"{numbers['mean_fraction_before_drop']:.3f}), {lowest / random:.0f} times the random fraction "
-                f"{random:.2e}; after the drop its mean was "
-                f"{numbers['mean_fraction_after_drop'] if numbers['mean_fraction_after_drop'] is None else round(numbers['mean_fraction_after_drop'], 3)}.")
+                f"{random:.2e}; after the drop its mean was {after_text}.")
     meaning = ("PASS: before the first drop gradient descent moves mostly inside the tiny top-K Hessian subspace, as "
                "Gur-Ari et al. report." if passed else
                "FAIL: at some checkpoint before the first drop the top-K subspace holds too little of the gradient "

@@ -101,8 +101,9 @@ class Instability(ExperimentDef):
             for level in cfg.levels:
                 for k in cfg.rewind if level != max(cfg.levels) else (*cfg.rewind, *extra):
                     _pair(plan, cfg, s, level, k, ks[k], imp[(s, k, level)])
-        plan.notes.append(f"BatchNorm statistics on the path: {cfg.bn} "
-                          f"({'re-estimated on the training data at every point' if cfg.bn == 'reestimate' else 'interpolated with the weights'}).")
+        how = ("re-estimated on the training data at every point" if cfg.bn == "reestimate" else
+               "interpolated with the weights")
+        plan.notes.append(f"BatchNorm statistics on the path: {cfg.bn} ({how}).")
         return plan
 
     def analyze(self, cfg: InstabilityConfig, plan: InstabilityPlan, store: Store) -> dict[str, pd.DataFrame]:
@@ -140,7 +141,8 @@ def path_tables(cfg: InstabilityConfig, plan: InstabilityPlan, store: Store) -> 
     rows, paths = [], []
     with pinned_threads(cfg.run.observe.threads):
         first = plan.pairs[0]["run_a"]
-        model = model_at(store, first, plan.graph.nodes[first], store.run(first).checkpoint_steps()[-1], data).to(device)
+        last_step = store.run(first).checkpoint_steps()[-1]
+        model = model_at(store, first, plan.graph.nodes[first], last_step, data).to(device)
         for pair in plan.pairs:
             path = store.run(pair["run_b"]).path / f"interpolation-{_path_key(cfg, pair)}.csv"
             errs = cached_table(path, lambda p=pair: _path(cfg, p, store, model, data, weights, device)).error.values
@@ -218,7 +220,8 @@ def judge(cfg: InstabilityConfig, tables: dict[str, pd.DataFrame]) -> Check:
     match = set(int(k) for k in at[at.accuracy_mean >= thr].k_steps)
     b_ok = None if not stable or not match else len(stable ^ match) <= 1
     passed = verdict(a_ok, b_ok)
-    numbers = {"dense_barrier_first_k": float(first.barrier_mean), "dense_barrier_first_k_std": float(first.barrier_std),
+    numbers = {"dense_barrier_first_k": float(first.barrier_mean),
+               "dense_barrier_first_k_std": float(first.barrier_std),
                "first_k": int(first.k_steps), "last_k": int(last.k_steps),
                "dense_barrier_last_k": float(last.barrier_mean), "dense_barrier_last_k_std": float(last.barrier_std),
                "twice_pooled_std": spread, "a_pass": a_ok, "level": level, "density": float(at.density.mean()),
@@ -233,8 +236,8 @@ def judge(cfg: InstabilityConfig, tables: dict[str, pd.DataFrame]) -> Check:
 def _measured(n: dict, at: pd.DataFrame) -> str:
     per_k = "; ".join(f"k={int(r.k_steps)}: barrier {100 * r.barrier_mean:.1f} pts, acc {100 * r.accuracy_mean:.1f} %"
                       for r in at.itertuples())
-    return (f"Dense barrier {100 * n['dense_barrier_first_k']:.1f} ± {100 * n['dense_barrier_first_k_std']:.1f} points "
-            f"at k={n['first_k']} against {100 * n['dense_barrier_last_k']:.1f} ± "
+    return (f"Dense barrier {100 * n['dense_barrier_first_k']:.1f} ± {100 * n['dense_barrier_first_k_std']:.1f} "
+            f"points at k={n['first_k']} against {100 * n['dense_barrier_last_k']:.1f} ± "
             f"{100 * n['dense_barrier_last_k_std']:.1f} at k={n['last_k']} (twice the pooled std "
             f"{100 * n['twice_pooled_std']:.1f}). At level {n['level']} ({100 * n['density']:.1f} % density): {per_k}; "
             f"matching means accuracy >= {100 * n['matching_threshold']:.2f} % (dense {100 * n['dense_mean']:.2f} − "
