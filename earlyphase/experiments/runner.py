@@ -26,7 +26,7 @@ class RunsFailed(Exception):
 
 # Experiment modules in demo order; each defines one ExperimentDef subclass.
 MODULES = ("rewinding", "rewinding_robustness", "early_stats", "perturbations", "pretraining", "linear_dynamics",
-           "learning_phases", "prototypes")
+           "learning_phases", "prototypes", "instability", "gradient_subspace", "critical_period")
 
 
 def registry() -> dict[str, ExperimentDef]:
