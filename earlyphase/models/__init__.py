@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import UserError
+from ..registry import MODEL_REGISTRY
 from .cnn1d import build_cnn1d
 from .conv import build_conv
 from .mlp import build_mlp, build_lenet_300_100
@@ -22,26 +23,42 @@ from .vgg import build_vgg8_phases, build_vgg_cifar
 
 Builder = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
 
-_BUILDERS: dict[str, Builder] = {
-    "mlp": build_mlp,
-    "lenet_300_100": build_lenet_300_100,
-    "cnn1d": build_cnn1d,
-    "conv2": build_conv,
-    "conv4": build_conv,
-    "conv6": build_conv,
-    "resnet_cifar_20": build_resnet,
-    "resnet_cifar_56": build_resnet,
-    "vgg_cifar_11": build_vgg_cifar,
-    "vgg_cifar_13": build_vgg_cifar,
-    "vgg_cifar_16": build_vgg_cifar,
-    "vgg8_phases": build_vgg8_phases,
-    "two_layer": build_two_layer,
-    "fc_ntk": build_fc_ntk,
-    "cnn_ntk": build_cnn_ntk,
+CIFAR, MNIST = (3, 32, 32), (1, 28, 28)
+# name -> (builder, an input shape it takes: the contract tests build it for that)
+_BUILDERS: dict[str, tuple[Builder, tuple[int, ...]]] = {
+    "mlp": (build_mlp, MNIST),
+    "lenet_300_100": (build_lenet_300_100, MNIST),
+    "cnn1d": (build_cnn1d, (1, 40)),
+    "conv2": (build_conv, CIFAR),
+    "conv4": (build_conv, CIFAR),
+    "conv6": (build_conv, CIFAR),
+    "resnet_cifar_20": (build_resnet, CIFAR),
+    "resnet_cifar_56": (build_resnet, CIFAR),
+    "vgg_cifar_11": (build_vgg_cifar, CIFAR),
+    "vgg_cifar_13": (build_vgg_cifar, CIFAR),
+    "vgg_cifar_16": (build_vgg_cifar, CIFAR),
+    "vgg8_phases": (build_vgg8_phases, CIFAR),
+    "two_layer": (build_two_layer, (100,)),
+    "fc_ntk": (build_fc_ntk, CIFAR),
+    "cnn_ntk": (build_cnn_ntk, CIFAR),
 }
-MODELS: list[str] = list(_BUILDERS)
+MODELS: list[str] = list(_BUILDERS)  # the package's own models (old path; the registry also holds plug-ins')
 
-__all__ = ["MODELS", "TwoLayer", "activation_fn", "build_model", "init_weights", "prunable_names"]
+__all__ = ["MODELS", "TwoLayer", "activation_fn", "build_model", "init_weights", "prunable_names", "register_model"]
+
+
+def register_model(name: str, build: Builder, *, example_input: tuple[int, ...] = (1, 40)) -> Builder:
+    """Make ``model.name = name`` build ``build(model_cfg, input_shape, out_dim)``: an ``nn.Module``
+    whose ``output_layer`` attribute names its final layer (a module, or a parameter) and whose
+    conv/linear weights are the prunable ones (or listed in ``weight_params``). earlyphase seeds
+    torch's RNG and then applies its initialization (``model.init_mode``) to conv, linear and BN
+    layers, so the weights are a function of the seed. ``example_input``: an input shape (no batch
+    dimension) the contract tests build it for (docs/plugins.md)."""
+    return MODEL_REGISTRY.register(name, build, example_input=tuple(example_input))
+
+
+for _name, (_build, _example) in _BUILDERS.items():
+    register_model(_name, _build, example_input=_example)
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
@@ -50,15 +67,14 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int) ->
     All randomness comes from the global torch RNG, so seeding torch first makes the weights
     reproducible.
     """
-    if cfg.name not in _BUILDERS:
-        raise UserError(f"model.name {cfg.name!r} is unknown; use one of: {', '.join(MODELS)}")
+    build = MODEL_REGISTRY.get(cfg.name, key="model.name").value
     shape = tuple(input_shape)
     if not shape or not all(isinstance(n, int) and n >= 1 for n in shape):
         raise UserError(f"model '{cfg.name}' got input shape {shape}; it must be a non-empty tuple of positive "
                         "sizes without the batch dimension, e.g. (1, 40) or (3, 32, 32)")
     if not isinstance(out_dim, int) or out_dim < 1:
         raise UserError(f"model '{cfg.name}' got output size {out_dim!r}; it must be a positive number of classes or outputs")
-    model = _BUILDERS[cfg.name](cfg, shape, out_dim)
+    model = build(cfg, shape, out_dim)
     init_weights(model, cfg.init_mode)
     return model
 
