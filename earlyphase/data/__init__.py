@@ -107,11 +107,32 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
     n_tr = _capped(n_tr, cfg.n_train, "n_train", cfg.name, strict)
     n_te = _capped(n_te, cfg.n_test, "n_test", cfg.name, strict)
     _check_split_sizes(cfg, n_tr, n_te)
+    n_cls = _check_transforms(cfg, tuple(src.input_shape), n_cls)
     if cfg.task == "rotation":
-        n_tr, n_te, n_cls = 4 * n_tr, 4 * n_te, 4
-    elif cfg.task in ("color_dominance", "energy_half"):
-        n_cls = src.input_shape[0] if cfg.task == "color_dominance" else 2
+        n_tr, n_te = 4 * n_tr, 4 * n_te
     return DatasetInfo(n_tr, n_te, tuple(src.input_shape), n_cls, float_targets=cfg.targets == "pm1")
+
+
+def _check_transforms(cfg: DataConfig, shape: tuple[int, ...], n_cls: int) -> int:
+    """The options' checks on one zero sample of the source's shape (the same errors loading gives);
+    returns the class count after the task."""
+    x = torch.zeros(1, *shape)
+    if cfg.task == "rotation":
+        x, _, n_cls = rotation_task(x)
+    x = blur(x, cfg.blur)
+    if cfg.task in ("color_dominance", "energy_half"):
+        n_cls = (color_dominance if cfg.task == "color_dominance" else energy_half)(x)[1]
+    _check_targets(cfg, n_cls, x.dim())
+    return n_cls
+
+
+def _check_targets(cfg: DataConfig, n_cls: int, dim: int) -> None:
+    if cfg.targets == "pm1" and n_cls != 2:
+        raise UserError(f"data.targets = 'pm1' needs a two-class task, {cfg.name} with task {cfg.task!r} has "
+                        f"{n_cls} classes; pick two with data.classes or use data.targets = 'index'")
+    if cfg.augment and dim != 4:
+        raise UserError(f"data.augment (random crop and flip) needs images, {cfg.name} has inputs of "
+                        f"{dim - 1} dimensions; set data.augment = false")
 
 
 def to_sphere(x: torch.Tensor) -> torch.Tensor:
@@ -183,12 +204,7 @@ def _build(cfg: DataConfig) -> Dataset:
 
     if cfg.label_noise > 0:
         y_tr = label_noise(y_tr, cfg.label_noise, n_cls, torch.Generator().manual_seed(cfg.seed))
+    _check_targets(cfg, n_cls, x_tr.dim())
     if cfg.targets == "pm1":
-        if n_cls != 2:
-            raise UserError(f"data.targets = 'pm1' needs a two-class task, {cfg.name} with task {cfg.task!r} has "
-                            f"{n_cls} classes; pick two with data.classes or use data.targets = 'index'")
         y_tr, y_te = y_tr.float() * 2 - 1, y_te.float() * 2 - 1
-    if cfg.augment and x_tr.dim() != 4:
-        raise UserError(f"data.augment (random crop and flip) needs images, {cfg.name} has inputs of shape "
-                        f"{tuple(x_tr.shape[1:])}; set data.augment = false")
     return Dataset(cfg.name, x_tr.contiguous(), y_tr, x_te.contiguous(), y_te, n_cls, cfg.augment)

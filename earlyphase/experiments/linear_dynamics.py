@@ -224,18 +224,7 @@ class LinearDynamics(ExperimentDef):
                 ax.set_ylabel("network output")
                 ax.set_title(f"step {int(s)}")
             paths += save_figure(fig, directory, "outputs_scatter")
-        sweeps = [(k, col) for k, col in (("sweep_width", "width"), ("sweep_dim", "dim")) if (ntk.kind == k).any()]
-        if sweeps:
-            fig, axes = new_figure(ncols=len(sweeps), width=4.2, height=3.2)
-            for ax, (kind, col) in zip(np.atleast_1d(axes), sweeps):
-                s = ntk[ntk.kind == kind].sort_values(col)
-                ax.plot(s[col], s.ntk_gap, marker="o")
-                ax.set_xscale("log")
-                ax.set_xlabel("width m" if col == "width" else "input dimension d")
-                ax.set_ylabel("‖Θ − Θ_lin‖ / ‖Θ_lin‖")
-                ax.set_title(f"spectral gap at initialization against {col}")
-            paths += save_figure(fig, directory, "spectral_gap")
-        return paths
+        return paths + _spectral_gap_figure(ntk, directory)
 
     def check(self, cfg: LinearDynamicsConfig, tables: dict[str, pd.DataFrame]) -> Check:
         s = tables["summary"]
@@ -252,6 +241,23 @@ class LinearDynamics(ExperimentDef):
                    "ntk_fit_residual_offdiag": float(r.ntk_fit_residual),
                    "final_agreement": float(r.final_agreement)}
         return Check(STATEMENT, passed, numbers)
+
+
+def _spectral_gap_figure(ntk: pd.DataFrame, directory: Path) -> list[Path]:
+    from ..report import new_figure, save_figure
+
+    sweeps = [(k, col) for k, col in (("sweep_width", "width"), ("sweep_dim", "dim")) if (ntk.kind == k).any()]
+    if not sweeps:
+        return []
+    fig, axes = new_figure(ncols=len(sweeps), width=4.2, height=3.2)
+    for ax, (kind, col) in zip(np.atleast_1d(axes), sweeps):
+        s = ntk[ntk.kind == kind].sort_values(col)
+        ax.plot(s[col], s.ntk_gap, marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel("width m" if col == "width" else "input dimension d")
+        ax.set_ylabel("‖Θ − Θ_lin‖ / ‖Θ_lin‖")
+        ax.set_title(f"spectral gap at initialization against {col}")
+    return save_figure(fig, directory, "spectral_gap")
 
 
 def scatter_steps(steps: list[int]) -> list[int]:
