@@ -46,7 +46,7 @@ def _step(value: str, key: str) -> Step:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset, which part of it, and how it is transformed (SPEC §1 "Datasets")."""
+    """Which dataset, which part of it, and how it is transformed (README "Datasets")."""
 
     name: str = "mnist1d"
     root: str | None = field(default=None, metadata=OBSERVE)  # directory of cifar10 / mnist files
@@ -64,7 +64,7 @@ class DataConfig:
     spectrum: str = "isotropic"  # gaussian covariance: isotropic | power:ALPHA
     num_classes: int = 10  # prototypes
     atypical: float = 0.1  # prototypes: fraction of atypical samples
-    sphere: bool = False  # rescale each input to norm sqrt(d) (after normalize), as SPEC §3.2 needs
+    sphere: bool = False  # rescale each input to norm sqrt(d) (after normalize), as the linear model needs (docs/experiments/linear_dynamics.md)
 
     def __post_init__(self) -> None:
         _check(self.n_train is None or self.n_train >= 1, f"data.n_train must be >= 1, got {self.n_train}")
@@ -81,7 +81,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network (SPEC §1 "Models")."""
+    """Which network (README "Models")."""
 
     name: str = "cnn1d"
     widths: tuple[int, ...] = (300, 100)  # mlp hidden widths
@@ -102,7 +102,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimizer, schedule and loss (SPEC §1 "Training")."""
+    """Optimizer, schedule and loss (README "Configs")."""
 
     optimizer: str = "sgd"  # sgd | adam
     lr: float = 0.1
@@ -119,7 +119,7 @@ class TrainConfig:
     warmup: Step = Step(0, 0)  # linear warmup length
     loss: str = "cross_entropy"  # cross_entropy | square
     # per-parameter learning-rate factors in named_parameters() order (() = all 1; 0 freezes a
-    # parameter): two_layer's eta1, eta2 for w, v (SPEC §3.1)
+    # parameter): two_layer's eta1, eta2 for w, v (docs/experiments/linear_dynamics.md)
     lr_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
@@ -204,7 +204,7 @@ class MaskConfig:
 
 @dataclass(frozen=True)
 class PerturbConfig:
-    """A perturbation of the starting weights' survivors (SPEC §2.4), applied once before training.
+    """A perturbation of the starting weights' survivors (docs/experiments/perturbations.md), applied once before training.
 
     kind: sign_k_mag_0 | sign_k_mag_fresh | sign_0_mag_k | permute | noise.
     """

@@ -214,3 +214,29 @@ def test_a_broken_plugin_is_one_line(monkeypatch):
 def test_a_plugin_cannot_take_a_builtin_name():
     with pytest.raises(UserError, match="already registered by earlyphase"):
         earlyphase.register_model("cnn1d", build_flat)
+
+
+def readme_plugin_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Your own model and data"):]
+    return section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python") + 9)]
+
+
+def test_the_readme_plugin_example_works(tmp_path, monkeypatch):
+    """The README's plug-in (under 30 lines) registers a model and a dataset a run can name."""
+    import types
+
+    code = readme_plugin_example()
+    assert len(code.strip().splitlines()) < 30
+    module = types.ModuleType("readme_plugin")
+    monkeypatch.setitem(sys.modules, "readme_plugin", module)
+    exec(compile(code, "readme_plugin", "exec"), module.__dict__)
+    module.register()
+    try:
+        run = earlyphase.train({"data": {"name": "halfspace", "dim": 20, "n_train": 300, "n_test": 100},
+                                "model": {"name": "my_net"}, "train": {"steps": "60it", "batch_size": 50},
+                                "observe": {"threads": 1}}, store=tmp_path / "store")
+        assert run.status == "done" and run.final_accuracy > 0.8
+    finally:
+        registry.MODEL_REGISTRY.unregister("my_net")
+        registry.DATASET_REGISTRY.unregister("halfspace")

@@ -1,4 +1,4 @@
-"""Datasets by name (SPEC §1 "Datasets"): a source loader, then the config's options applied in one fixed
+"""Datasets by name (README "Datasets"): a source loader, then the config's options applied in one fixed
 order, so a DataConfig always gives the same tensors.
 
 Order: source -> ``classes`` subset -> ``n_train``/``n_test`` cap -> ``rotation`` task -> ``blur`` ->
@@ -136,7 +136,7 @@ def _check_targets(cfg: DataConfig, n_cls: int, dim: int) -> None:
 
 
 def to_sphere(x: torch.Tensor) -> torch.Tensor:
-    """Each sample rescaled to norm sqrt(d), d its number of entries (SPEC §3.2: the linear model's
+    """Each sample rescaled to norm sqrt(d), d its number of entries (docs/experiments/linear_dynamics.md: the linear model's
     constant terms are constants only on that sphere)."""
     flat = x.flatten(1)
     norm = flat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)

@@ -1,4 +1,4 @@
-"""Gaussian inputs labelled by a teacher with a linear and a quadratic part (SPEC §3.4): the data of the
+"""Gaussian inputs labelled by a teacher with a linear and a quadratic part (docs/experiments/linear_dynamics.md): the data of the
 linear-dynamics experiments, whose input covariance the linear model needs to know."""
 from __future__ import annotations
 

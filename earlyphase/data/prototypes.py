@@ -1,4 +1,4 @@
-"""The synthetic model of SPEC §4.5: nearly orthogonal class prototypes, most samples close to their
+"""The synthetic model of docs/experiments/prototypes.md: nearly orthogonal class prototypes, most samples close to their
 prototype, a fraction of atypical samples only weakly aligned with it; small enough that the three
 phases of the learning-phases paper show in seconds."""
 from __future__ import annotations

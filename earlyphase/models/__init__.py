@@ -1,4 +1,4 @@
-"""Model registry (SPEC §1 "Models"): build a network by name, name its prunable weights, initialize it.
+"""Model registry (README "Models"): build a network by name, name its prunable weights, initialize it.
 
 Every model carries ``output_layer``, the name of its final layer (a module, or for two_layer the
 parameter ``v``), so pruning can leave the output layer dense unless the config says otherwise.

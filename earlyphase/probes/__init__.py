@@ -3,4 +3,4 @@ Hessian subspace, mode connectivity (DESIGN.md "Layout")."""
 
 from . import early_stats, linear_model  # noqa: E402,F401  register the ``early_stats`` and ``linear_dynamics`` recorders
 
-from .phases import DEFAULT_DELTA, Phases, detect_phases  # noqa: E402,F401  SPEC §4.2
+from .phases import DEFAULT_DELTA, Phases, detect_phases  # noqa: E402,F401  docs/experiments/learning_phases.md

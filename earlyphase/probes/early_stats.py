@@ -1,4 +1,4 @@
-"""Early-phase statistics of every training step (SPEC §2.3), computed on the device.
+"""Early-phase statistics of every training step (docs/experiments/early_stats.md), computed on the device.
 
 ``observe.recorders = ["early_stats"]`` records, for every step the process trains (not only at
 evaluation steps), these rows, all with split ``"train"``:
@@ -141,7 +141,7 @@ def _width(numels: list[int]) -> int:
 
 class EarlyStatsRecorder(Recorder):
     """Per-step gradient norms, weight magnitude, sign changes, distance and cosine to θ0, and
-    weight trajectories (SPEC §2.3); see the module docstring for names, layers and design."""
+    weight trajectories (docs/experiments/early_stats.md); see the module docstring for names, layers and design."""
 
     name = "early_stats"
 

@@ -22,7 +22,7 @@ def densities(mask: Mask) -> dict[str, float]:
 
 
 def keep_count(n: int, fraction: float, level: int) -> int:
-    """Level L keeps round((1 - fraction)^L * n) (SPEC §0 "level")."""
+    """Level L keeps round((1 - fraction)^L * n) (docs/index.md "Vocabulary")."""
     return int(round((1.0 - fraction) ** level * n))
 
 

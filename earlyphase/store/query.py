@@ -6,6 +6,7 @@ import json
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from ..errors import UserError
 from .runs import Store
@@ -24,7 +25,7 @@ def runs_frame(store: Store) -> pd.DataFrame:
 
 def connect(store: Store) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.register("runs_df", runs_frame(store))
+    con.register("runs_df", pa.Table.from_pandas(runs_frame(store), preserve_index=False))  # Arrow: any pandas dtype
     con.execute("CREATE VIEW runs AS SELECT * FROM runs_df")
     pattern = str(store.root / "runs" / "*" / "metrics" / "*.parquet").replace("'", "''")
     if any(store.root.glob("runs/*/metrics/*.parquet")):

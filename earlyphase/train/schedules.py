@@ -15,7 +15,7 @@ from ..store.writer import Observations
 def lr_at(cfg: TrainConfig, step: int, spe: int) -> float:
     """Learning rate for the update taken at ``step`` (0-based): linear warmup, then constant or
     multiplied by gamma at each milestone passed. A run started at k uses the same function, so its
-    learning rate at t equals the dense run's at t (SPEC §2.1)."""
+    learning rate at t equals the dense run's at t (docs/experiments/rewinding.md)."""
     lr = cfg.lr
     warmup = cfg.warmup.to_iterations(spe)
     if cfg.schedule == "step":
