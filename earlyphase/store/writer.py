@@ -12,6 +12,10 @@ A run's files go through these states:
     provenance (wall time), status done   finish(); the resume point and partial metrics go
     part-NNN.parquet, observations.json   add(): observations a done run lacked, added later
     status failed, with the error         fail(), from attempt() when training raises
+
+Because one class writes a run, the run's failure modes have one home: what counts as an interrupt
+(``attempt``), a run found damaged when it is opened (``open``), a failure at a recorded step
+(``fail``), how each file is written (every method goes through ``store/atomic.py``).
 """
 from __future__ import annotations
 
