@@ -2,6 +2,10 @@
 bytes, and the same check.json verdicts and numbers for every experiment. Reads the files directly
 (pyarrow), so it compares stores written by any two versions of earlyphase:
 
+A checkpoint counts as identical when its bytes are, or when its tensor bytes and its parsed header
+(every tensor's dtype, shape and offsets, and the metadata) are: safetensors writes the metadata in
+hash-map order, which varies from process to process (earlyphase sorts it since the house issue).
+
     python benchmarks/compare_stores.py STORE_A STORE_B
 
 Prints a table of what differs (nothing, when the stores agree) and, last, one JSON line with the
@@ -35,11 +39,24 @@ def same_value(a: float, b: float) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def checkpoint_parts(path: Path) -> tuple[dict, str]:
+    """A safetensors file's parsed header and a digest of its tensor bytes."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), hashlib.sha256(raw[8 + n:]).hexdigest()
 
 
-def compare_run(a: Path, b: Path) -> list[str]:
+def same_checkpoint(a: Path, b: Path, counts: dict[str, int]) -> bool:
+    if a.read_bytes() == b.read_bytes():
+        counts["byte_identical"] += 1
+        return True
+    if checkpoint_parts(a) == checkpoint_parts(b):
+        counts["identical_but_metadata_order"] += 1
+        return True
+    return False
+
+
+def compare_run(a: Path, b: Path, counts: dict[str, int]) -> list[str]:
     diffs = []
     sa, sb = (json.loads((r / "status.json").read_text())["status"] for r in (a, b))
     if sa != sb or sa != "done":
@@ -55,8 +72,8 @@ def compare_run(a: Path, b: Path) -> list[str]:
     cb = sorted(p.name for p in (b / "checkpoints").glob("*.safetensors"))
     if ca != cb:
         diffs.append(f"checkpoints {ca} / {cb}")
-    diffs += [f"checkpoint {n} bytes differ" for n in sorted(set(ca) & set(cb))
-              if digest(a / "checkpoints" / n) != digest(b / "checkpoints" / n)]
+    diffs += [f"checkpoint {n} differs" for n in sorted(set(ca) & set(cb))
+              if not same_checkpoint(a / "checkpoints" / n, b / "checkpoints" / n, counts)]
     return diffs
 
 
@@ -78,18 +95,21 @@ def main() -> int:
     runs_a = {p.parent.name for p in args.a.glob("runs/*/spec.json")}
     runs_b = {p.parent.name for p in args.b.glob("runs/*/spec.json")}
     rows = [(rid, "only in A") for rid in sorted(runs_a - runs_b)] + [(rid, "only in B") for rid in sorted(runs_b - runs_a)]
-    n_ckpt = 0
+    counts = {"byte_identical": 0, "identical_but_metadata_order": 0}
+    n_rows = 0
     for rid in sorted(runs_a & runs_b):
-        rows += [(rid, d) for d in compare_run(args.a / "runs" / rid, args.b / "runs" / rid)]
-        n_ckpt += len(list((args.a / "runs" / rid / "checkpoints").glob("*.safetensors")))
+        rows += [(rid, d) for d in compare_run(args.a / "runs" / rid, args.b / "runs" / rid, counts)]
+        n_rows += len(metrics(args.a / "runs" / rid))
     ka, kb = checks(args.a), checks(args.b)
     rows += [(name, "check.json differs" if name in ka and name in kb else "experiment only in one store")
              for name in sorted(set(ka) | set(kb)) if ka.get(name) != kb.get(name)]
     print(f"{'run or experiment':<40} difference")
     for what, diff in rows or [("-", "none")]:
         print(f"{what:<40} {diff}")
-    result = {"runs": len(runs_a & runs_b), "checkpoints": n_ckpt, "experiments": len(set(ka) & set(kb)),
-              "differences": len(rows), "pass": not rows and bool(runs_a)}
+    result = {"runs": len(runs_a & runs_b), "metric_rows": n_rows, "checkpoints_compared": sum(counts.values()),
+              "checkpoints_byte_identical": counts["byte_identical"],
+              "checkpoints_identical_but_metadata_order": counts["identical_but_metadata_order"],
+              "experiments": len(set(ka) & set(kb)), "differences": len(rows), "pass": not rows and bool(runs_a)}
     print(json.dumps(result))
     return 0 if result["pass"] else 1
 
