@@ -5,6 +5,7 @@ stored runs are found; stored failures are not retried unless asked. The work he
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -13,6 +14,7 @@ from earlyphase.execute import LocalExecutor, RunGraph, Work
 from earlyphase.store import Store
 
 FAIL, DIE, FOUND = 13, 14, 15  # seeds that make the stand-in raise, kill its process, be stored already
+SLOW = {2}
 
 
 def fake_train(cfg: RunConfig, store: Store) -> None:
@@ -20,6 +22,8 @@ def fake_train(cfg: RunConfig, store: Store) -> None:
         raise RuntimeError("boom")
     if cfg.seed == DIE:
         os._exit(3)  # a worker killed mid-run
+    if cfg.seed in SLOW:
+        time.sleep(1.0)  # still in flight when the other worker dies
     (store.root / f"trained-{run_id(cfg)}").write_text(str(os.getpid()))
 
 
@@ -59,10 +63,9 @@ def test_a_dead_worker_fails_its_run_and_the_sweep_goes_on(tmp_path):
     graph, ids = graph_of((DIE, 1), (2,), (3,), (4,))
     store = Store(tmp_path / "store")
     report = LocalExecutor(2, progress=False).run(graph, store, work=WORK)
-    assert ids[DIE] in report.failed and report.blocked == [ids[1]]
-    assert all("worker process died" in e for e in report.failed.values())  # a run in flight with it fails too
-    assert {ids[3], ids[4]} <= set(report.trained)  # a new pool serves the rest
-    assert set(report.trained) | set(report.failed) == {ids[DIE], ids[2], ids[3], ids[4]}
+    assert report.failed.keys() == {ids[DIE], ids[2]}  # run 2 was in flight on the pool that broke
+    assert all("worker process died" in e for e in report.failed.values()) and report.blocked == [ids[1]]
+    assert sorted(report.trained) == sorted([ids[3], ids[4]])  # a new pool serves the rest
 
 
 def test_stored_failures_are_skipped_unless_retried(tmp_path):

@@ -49,7 +49,7 @@ class ProcessPool:
         self.train, self.root, self.entries = train, root, entries
         self.slots, self.threads = workers, threads_per_worker(workers)
         self._pool: ProcessPoolExecutor | None = None
-        self._running: dict[Future, str] = {}
+        self._running: dict[Future, tuple[str, ProcessPoolExecutor]] = {}
 
     def __enter__(self) -> "ProcessPool":
         return self
@@ -59,23 +59,28 @@ class ProcessPool:
             self._pool.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
 
     def submit(self, rid: str, cfg_data: dict) -> None:
-        if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
-            self._pool = ProcessPoolExecutor(max_workers=self.slots, mp_context=ctx, initializer=install_entries,
-                                             initargs=(self.entries,))
-        self._running[self._pool.submit(run_one, self.train, cfg_data, self.root)] = rid
+        if self._pool is not None:
+            try:
+                self._running[self._pool.submit(run_one, self.train, cfg_data, self.root)] = rid, self._pool
+                return
+            except BrokenProcessPool:  # a worker died since the last wait: the runs in flight fail there
+                self._pool.shutdown(wait=False)
+        ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
+        self._pool = ProcessPoolExecutor(max_workers=self.slots, mp_context=ctx, initializer=install_entries,
+                                         initargs=(self.entries,))
+        self._running[self._pool.submit(run_one, self.train, cfg_data, self.root)] = rid, self._pool
 
     def wait(self) -> list[tuple[str, str | None]]:
         finished, _ = wait(list(self._running), return_when=FIRST_COMPLETED)
         out = []
         for fut in finished:
-            rid = self._running.pop(fut)
+            rid, pool = self._running.pop(fut)
             try:
                 out.append((rid, fut.result()[1]))
-            except BrokenProcessPool as e:
+            except BrokenProcessPool as e:  # every run in flight on that pool fails with it
                 out.append((rid, DIED.format(e)))
-                if self._pool is not None:
-                    self._pool.shutdown(wait=False, cancel_futures=True)
+                if self._pool is pool:
+                    pool.shutdown(wait=False)
                     self._pool = None
         return out
 
