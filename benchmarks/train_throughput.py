@@ -53,37 +53,15 @@ def run_engine(cfg, seed: int) -> float:
         return time.perf_counter() - t
 
 
-def run_bare(cfg, data, steps: int) -> float:
-    """What one would write by hand: a permutation per epoch, slices of in-memory tensors."""
+def timed_steps(cfg, data, steps: int, epoch) -> float:
+    """Seconds for ``steps`` plain SGD steps over the batches ``epoch()`` yields, epoch after epoch."""
     torch.manual_seed(0)
     model = build_model(cfg.model, data.input_shape, data.out_dim)
     opt = sgd(cfg, model)
-    x, y, b = data.x_train, data.y_train, cfg.train.batch_size
     t = time.perf_counter()
     step = 0
     while step < steps:
-        perm = torch.randperm(x.shape[0])
-        for i in range(0, x.shape[0], b):
-            idx = perm[i:i + b]
-            loss = compute_loss("cross_entropy", model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step == steps:
-                break
-    return time.perf_counter() - t
-
-
-def run_dataloader(cfg, data, steps: int) -> float:
-    torch.manual_seed(0)
-    model = build_model(cfg.model, data.input_shape, data.out_dim)
-    opt = sgd(cfg, model)
-    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=cfg.train.batch_size, shuffle=True)
-    t = time.perf_counter()
-    step = 0
-    while step < steps:
-        for xb, yb in loader:
+        for xb, yb in epoch():
             loss = compute_loss("cross_entropy", model(xb), yb)
             opt.zero_grad()
             loss.backward()
@@ -92,6 +70,24 @@ def run_dataloader(cfg, data, steps: int) -> float:
             if step == steps:
                 break
     return time.perf_counter() - t
+
+
+def run_bare(cfg, data, steps: int) -> float:
+    """What one would write by hand: a permutation per epoch, slices of in-memory tensors."""
+    x, y, b = data.x_train, data.y_train, cfg.train.batch_size
+
+    def epoch():
+        perm = torch.randperm(x.shape[0])
+        for i in range(0, x.shape[0], b):
+            idx = perm[i:i + b]
+            yield x[idx], y[idx]
+
+    return timed_steps(cfg, data, steps, epoch)
+
+
+def run_dataloader(cfg, data, steps: int) -> float:
+    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=cfg.train.batch_size, shuffle=True)
+    return timed_steps(cfg, data, steps, lambda: loader)
 
 
 def flops_per_step(cfg, data) -> float:

@@ -1,9 +1,10 @@
-"""The notebook entry points: ``earlyphase.train(config) -> Run``."""
+"""The notebook entry points: ``earlyphase.train(config) -> Run``, ``earlyphase.run(name) -> Experiment``,
+and ``earlyphase.register_experiment`` (the other ``register_*`` live with what they register)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from .config import RunConfig, load_run_config, to_dict
+from .config import RunConfig, check_names, load_run_config, to_dict
 from .stored_run import Run
 from .store import Store
 from .train.engine import execute
@@ -21,6 +22,7 @@ def train(config: RunConfig | dict | str | Path | None = None, *, preset: str | 
         cfg = config
         if overrides or preset:
             cfg = load_run_config(to_dict(config), preset=preset, overrides=overrides)
+        check_names(cfg)
     else:
         cfg = load_run_config(config, preset=preset, overrides=overrides)
     st = store if isinstance(store, Store) else Store(store)
@@ -41,3 +43,11 @@ def run(experiment: str, *, preset: str = "laptop", config: str | Path | dict | 
     return run_experiment(experiment, preset=preset, config=config, overrides=overrides, store=store,
                           executor=executor, workers=workers, address=address, retry_failed=retry_failed,
                           progress=progress, **fields)
+
+
+def register_experiment(definition):
+    """Make ``earlyphase run NAME`` run an ExperimentDef subclass (or instance) under its ``name``
+    (docs/plugins.md)."""
+    from .experiments.runner import register_experiment as register
+
+    return register(definition)

@@ -1,4 +1,4 @@
-"""The ``earlyphase`` command: train, run, report, demo, ls, show, query, gc.
+"""The ``earlyphase`` command: train, run, report, demo, list, ls, show, query, gc.
 
 Every user mistake ends in one line on stderr naming the problem and the fix, and exit code 2."""
 from __future__ import annotations
@@ -227,13 +227,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+LISTS = ("models", "datasets", "experiments", "recorders", "presets")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """What is registered, one line each: its name and where it comes from."""
+    from .config import preset_roots
+    from .registry import REGISTRIES
+
+    if args.what == "presets":
+        for root, origin in preset_roots():
+            for path in sorted(root.glob("*/*.toml")):
+                print(f"{path.parent.name + '/' + path.stem:<32} {origin} ({path})")
+        return 0
+    for entry in REGISTRIES[args.what[:-1]].entries():
+        print(f"{entry.name:<32} {entry.origin}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(prog="earlyphase", description="Study the early phase of neural-network training.")
     parser.add_argument("--version", action="version", version=f"earlyphase {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub)
+    _add_run(sub)
+    _add_others(sub)
+    return parser
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one run (or find it in the store)",
                        description="Train one run from a preset and/or a TOML config with overrides.")
     p.add_argument("--preset", help="laptop (default) or paper")
@@ -246,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run an experiment (trains only what the store lacks), then report",
                        description="Plan an experiment's runs, execute the missing ones, analyze, draw figures, "
                                    "write report.html and check.json. The last line printed is the experiment "
@@ -267,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.set_defaults(func=cmd_run)
 
+
+def _add_others(sub) -> None:
     p = sub.add_parser("report", help="redraw an experiment's figures and report from the store")
     p.add_argument("directory", help="an experiment directory, <store>/experiments/<name>-<id>")
     _add_store(p)
@@ -283,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_store(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list", help="what is registered: models, datasets, experiments, recorders or presets",
+                       description="One line each: the name and where it comes from (earlyphase, a plug-in "
+                                   "with its distribution and version, or a run-time registration).")
+    p.add_argument("what", choices=LISTS)
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("ls", help="list runs with status and headline metrics")
     _add_store(p)
@@ -316,7 +350,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unreferenced", action="store_true", help="also remove done runs no experiment refers to")
     _add_store(p)
     p.set_defaults(func=cmd_gc)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,12 @@ the run id.
 A run's id hashes only what determines its trajectory (data, model, optimizer, schedule, seeds,
 starting state, mask); fields marked ``observe`` (where the data lives, checkpoint and evaluation
 steps, recorders, device, threads) are left out, so asking a stored run for more observations does
-not make it a different run (SPEC §0 "run").
+not make it a different run (docs/store.md "Run ids"). Fields marked ``derived`` carry what the plan
+already knows (an IMP mask's level and its parent's mask): not hashed either, since the id's other
+fields determine them.
+
+Step fields hold :class:`~earlyphase.steps.Step` values, parsed once here; a Step is its
+normal-form string, so the JSON that run ids hash is what it always was.
 """
 from __future__ import annotations
 
@@ -19,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .steps import parse_step
+from .registry import DATASET_REGISTRY, MODEL_REGISTRY, RECORDER_REGISTRY, preset_dirs
+from .steps import Step, parse_step
 
 OBSERVE = {"observe": True}  # field metadata: not part of the run id
+DERIVED = {"observe": True, "derived": True}  # known from the plan; not part of the run id
 
 
 def _check(ok: bool, message: str) -> None:
@@ -29,17 +36,17 @@ def _check(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
-def _step(value: str, key: str) -> str:
-    """Validate a step string, naming the config key in the error; returns its normal form."""
+def _step(value: str, key: str) -> Step:
+    """Parse a step string, naming the config key in the error."""
     try:
-        return str(parse_step(value))
+        return parse_step(value)
     except UserError as e:
         raise UserError(f"{key}: {e}") from None
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset, which part of it, and how it is transformed (SPEC §1 "Datasets")."""
+    """Which dataset, which part of it, and how it is transformed (README "Datasets")."""
 
     name: str = "mnist1d"
     root: str | None = field(default=None, metadata=OBSERVE)  # directory of cifar10 / mnist files
@@ -58,7 +65,7 @@ class DataConfig:
     num_classes: int = 10  # prototypes
     atypical: float = 0.1  # prototypes: fraction of atypical samples
     atypical_alignment: float = 0.2  # prototypes: weight of the prototype in an atypical sample (typical: 1)
-    sphere: bool = False  # rescale each input to norm sqrt(d) (after normalize), as SPEC §3.2 needs
+    sphere: bool = False  # rescale each input to norm sqrt(d) (after normalize), as the linear model needs (docs/experiments/linear_dynamics.md)
 
     def __post_init__(self) -> None:
         _check(self.n_train is None or self.n_train >= 1, f"data.n_train must be >= 1, got {self.n_train}")
@@ -77,7 +84,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network (SPEC §1 "Models")."""
+    """Which network (README "Models")."""
 
     name: str = "cnn1d"
     widths: tuple[int, ...] = (300, 100)  # mlp hidden widths
@@ -108,7 +115,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimizer, schedule and loss (SPEC §1 "Training")."""
+    """Optimizer, schedule and loss (README "Configs")."""
 
     optimizer: str = "sgd"  # sgd | adam
     lr: float = 0.1
@@ -118,14 +125,14 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # adam
     batch_size: int = 100
     full_batch: bool = False  # gradient descent on the whole training set
-    steps: str = "3000it"  # training length T
+    steps: Step = Step(0, 3000)  # training length T
     schedule: str = "constant"  # constant | step
-    milestones: tuple[str, ...] = ()  # step decay points (step strings)
+    milestones: tuple[Step, ...] = ()  # step decay points
     gamma: float = 0.1  # step decay factor
-    warmup: str = "0it"  # linear warmup length
+    warmup: Step = Step(0, 0)  # linear warmup length
     loss: str = "cross_entropy"  # cross_entropy | square
     # per-parameter learning-rate factors in named_parameters() order (() = all 1; 0 freezes a
-    # parameter): two_layer's eta1, eta2 for w, v (SPEC §3.1)
+    # parameter): two_layer's eta1, eta2 for w, v (docs/experiments/linear_dynamics.md)
     lr_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
@@ -147,10 +154,10 @@ class TrainConfig:
 class ObserveConfig:
     """What is recorded and where it runs: none of it changes the trajectory, so none is hashed."""
 
-    checkpoints: tuple[str, ...] = ()  # explicit checkpoint steps
+    checkpoints: tuple[Step, ...] = ()  # explicit checkpoint steps
     schedule: str = "none"  # none | dense (every step to 100, then 20 per decade) | pow2 (0 and 2^i) | dense+pow2
-    eval_every: str = ""  # also evaluate every this many steps ("" = at checkpoints and the end only)
-    eval_dense_until: str = ""  # also evaluate at every step up to this one (early-phase statistics)
+    eval_every: Step | str = ""  # also evaluate every this many steps ("" = at checkpoints and the end only)
+    eval_dense_until: Step | str = ""  # also evaluate at every step up to this one (early-phase statistics)
     eval_train: bool = True  # evaluate on the training split as well as the test split
     eval_batch: int = 2000
     recorders: tuple[str, ...] = ()
@@ -167,8 +174,8 @@ class ObserveConfig:
         if self.eval_dense_until:
             object.__setattr__(self, "eval_dense_until", _step(self.eval_dense_until, "observe.eval_dense_until"))
         if self.eval_every:
-            _check(_step(self.eval_every, "observe.eval_every") not in ("0it",),
-                   "observe.eval_every must be a positive step, e.g. '100it'")
+            object.__setattr__(self, "eval_every", _step(self.eval_every, "observe.eval_every"))
+            _check(self.eval_every not in ("0it",), "observe.eval_every must be a positive step, e.g. '100it'")
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,10 @@ class MaskConfig:
     kind = "random": the per-layer densities of mask ``like``, positions drawn from ``seed``.
     ``dense``: parameters left unmasked here although the source mask covers them (a pre-training
     head whose class count differs from the real task's, e.g. rotation's four).
+
+    ``level`` and ``parent`` (the mask ``from_run`` trained under) are filled in by the plan, which
+    knows them; they are not part of the run id. Without them (a hand-written config) they are
+    read from the store's record of ``from_run``.
     """
 
     kind: str = "magnitude"
@@ -193,6 +204,8 @@ class MaskConfig:
     like: "MaskConfig | None" = None
     seed: int = 0
     dense: tuple[str, ...] = ()
+    level: int | None = field(default=None, metadata=DERIVED)  # IMP level of a magnitude mask
+    parent: "MaskConfig | None" = field(default=None, metadata=DERIVED)  # the mask from_run trained under
 
     def __post_init__(self) -> None:
         _check(self.kind in ("stored", "magnitude", "random"),
@@ -202,11 +215,12 @@ class MaskConfig:
         _check(self.kind != "stored" or self.id is not None, "mask.kind = 'stored' needs mask.id")
         _check(self.kind != "magnitude" or self.from_run is not None, "mask.kind = 'magnitude' needs mask.from_run")
         _check(self.kind != "random" or self.like is not None, "mask.kind = 'random' needs mask.like")
+        _check(self.level is None or self.level >= 1, f"mask.level must be >= 1, got {self.level}")
 
 
 @dataclass(frozen=True)
 class PerturbConfig:
-    """A perturbation of the starting weights' survivors (SPEC §2.4), applied once before training.
+    """A perturbation of the starting weights' survivors (docs/experiments/perturbations.md), applied once before training.
 
     kind: sign_k_mag_0 | sign_k_mag_fresh | sign_0_mag_k | permute | noise.
     """
@@ -235,7 +249,7 @@ class RunConfig:
     seed: int = 0  # draws the initialization
     data_seed: int = 0  # draws the data order and augmentation
     start_run: str | None = None  # start from the weights of this run ...
-    start_step: str = "0it"  # ... at this step; training resumes the schedule from here
+    start_step: Step = Step(0, 0)  # ... at this step; training resumes the schedule from here
     mask: MaskConfig | None = None  # a pruning mask held fixed during training
     perturb: PerturbConfig | None = None  # perturb the starting weights' survivors once, before training
     restart_schedule: bool = False  # start at step 0 from start_run's weights (pre-training), not at start_step
@@ -300,13 +314,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    elif tp is str:
+    elif tp is str or tp is Step:
         if isinstance(value, str):
             return value
     elif tp is Any:
         return value
-    hint = " (a step string such as '100it' or '2ep')" if tp is str and isinstance(value, int) else ""
-    raise UserError(f"config key '{where}' must be of type {_type_name(tp)}{hint}, got {value!r}")
+    hint = " (a step string such as '100it' or '2ep')" if tp in (str, Step) and isinstance(value, int) else ""
+    raise UserError(f"config key '{where}' must be of type {_type_name(str if tp is Step else tp)}{hint}, "
+                    f"got {value!r}")
 
 
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
@@ -404,12 +419,36 @@ def read_toml(path: str | Path) -> dict:
         raise UserError(f"config file {p} is not valid TOML: {e}") from None
 
 
+def preset_roots() -> list[tuple[Path, str]]:
+    """Directories of presets, ``<root>/<preset>/<kind>.toml``: the package's own, then the plug-ins'."""
+    return [(PRESET_DIR, "earlyphase"), *preset_dirs()]
+
+
 def preset_path(kind: str, preset: str) -> Path:
-    path = PRESET_DIR / preset / f"{kind}.toml"
-    if not path.is_file():
-        have = sorted(p.name for p in PRESET_DIR.iterdir() if (p / f"{kind}.toml").is_file())
-        raise UserError(f"unknown preset {preset!r} for {kind}; available: {', '.join(have)}")
-    return path
+    """The preset file for ``kind`` (``train`` or an experiment name); the package's own come first."""
+    for root, _ in preset_roots():
+        path = root / preset / f"{kind}.toml"
+        if path.is_file():
+            return path
+    have = sorted({p.name for root, _ in preset_roots() for p in root.iterdir() if (p / f"{kind}.toml").is_file()})
+    raise UserError(f"unknown preset {preset!r} for {kind}; available: {', '.join(have) or 'none'}")
+
+
+def check_names(cfg: Any, prefix: str = "") -> None:
+    """Every model, dataset and recorder a config names is registered (one line with the closest
+    names otherwise), so a typo fails when the config is loaded, before anything runs."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if isinstance(v, DataConfig):
+            DATASET_REGISTRY.get(v.name, key=f"{key}.name")
+        elif isinstance(v, ModelConfig):
+            MODEL_REGISTRY.get(v.name, key=f"{key}.name")
+        elif isinstance(v, ObserveConfig):
+            for name in v.recorders:
+                RECORDER_REGISTRY.get(name, key=f"{key}.recorders")
+        if dataclasses.is_dataclass(v):
+            check_names(v, f"{key}.")
 
 
 def load_run_config(config: str | Path | dict | None = None, *, preset: str | None = None,
@@ -428,7 +467,9 @@ def load_run_config(config: str | Path | dict | None = None, *, preset: str | No
             raise UserError(f"{config}: {e}") from None
         data = _merge(data, from_file)
     data = apply_overrides(data, overrides)
-    return from_dict(RunConfig, data)
+    cfg = from_dict(RunConfig, data)
+    check_names(cfg)
+    return cfg
 
 
 def _merge(base: dict, top: dict) -> dict:

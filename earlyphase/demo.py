@@ -18,13 +18,13 @@ HEADLINE = ("rewinding", "perturbations", "linear_dynamics", "learning_phases")
 
 def demo_names(everything: bool, only: list[str] | None = None) -> list[str]:
     """The experiments a demo runs, in order (runs shared between them are trained by the first)."""
-    from .experiments import registry
+    from .registry import BUILTIN, EXPERIMENT_REGISTRY
 
-    known = list(registry())
+    known = [e.name for e in EXPERIMENT_REGISTRY.entries() if e.origin == BUILTIN]
     if only:
-        unknown = [n for n in only if n not in known]
+        unknown = [n for n in only if n not in EXPERIMENT_REGISTRY]  # a plug-in's experiment may be asked for
         if unknown:
-            raise UserError(f"unknown experiment {unknown[0]!r} in --only; available: {', '.join(known)}")
+            raise UserError(EXPERIMENT_REGISTRY.unknown(unknown[0], "--only"))
         return list(only)
     return known if everything else [n for n in HEADLINE if n in known]
 

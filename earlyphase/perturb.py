@@ -1,4 +1,4 @@
-"""Perturbations of rewound weights (SPEC §2.4): sign/magnitude mixes, permutations of the surviving
+"""Perturbations of rewound weights (docs/experiments/perturbations.md): sign/magnitude mixes, permutations of the surviving
 values (global, per layer, per output filter; optionally only among values of equal sign), and
 Gaussian noise scaled by each layer's initialization std. All act on surviving prunable weights only
 and are exact: a permutation keeps the multiset of surviving values of each group."""

@@ -1,36 +1,50 @@
-"""The step notation of SPEC §0: ``500it``, ``2ep``, ``2ep100it``; parsed once, converted with
-steps-per-epoch = ceil(n_train / batch)."""
+"""The step notation: ``500it``, ``2ep``, ``2ep100it`` (see docs/index.md "Steps").
+
+A step is parsed once, when a config is loaded, into a :class:`Step`; code that needs iterations
+asks the step (``cfg.train.steps.to_iterations(spe)``) instead of parsing text again. A Step *is*
+its normal-form string, so a config holding one serializes, compares and hashes exactly as the
+string did: run ids do not change.
+"""
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
 from .errors import UserError
 
 _STEP_RE = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
 
 
-@dataclass(frozen=True)
-class Step:
-    """A duration of training: whole epochs plus iterations."""
+class Step(str):
+    """A duration of training: whole epochs plus iterations, spelled in its normal form."""
 
-    epochs: int = 0
-    iterations: int = 0
+    epochs: int
+    iterations: int
+
+    def __new__(cls, epochs: int = 0, iterations: int = 0) -> "Step":
+        if epochs and iterations:
+            text = f"{epochs}ep{iterations}it"
+        else:
+            text = f"{epochs}ep" if epochs else f"{iterations}it"
+        obj = super().__new__(cls, text)
+        obj.epochs, obj.iterations = epochs, iterations
+        return obj
+
+    def __getnewargs__(self) -> tuple[int, int]:  # type: ignore[override]  # pickling and copying
+        return self.epochs, self.iterations
 
     def to_iterations(self, steps_per_epoch: int) -> int:
         return self.epochs * steps_per_epoch + self.iterations
 
     def __str__(self) -> str:
-        if self.epochs and self.iterations:
-            return f"{self.epochs}ep{self.iterations}it"
-        if self.epochs:
-            return f"{self.epochs}ep"
-        return f"{self.iterations}it"
+        return str.__str__(self)
 
 
 def parse_step(text: str | int) -> Step:
-    """Parse ``500it``, ``2ep``, ``2ep100it`` (or a bare non-negative int, read as iterations)."""
+    """Parse ``500it``, ``2ep``, ``2ep100it`` (or a bare non-negative int, read as iterations); a Step
+    is returned as it is."""
+    if isinstance(text, Step):
+        return text
     if isinstance(text, bool):
         raise UserError(f"step {text!r} is not a step; write e.g. '500it', '2ep' or '2ep100it'")
     if isinstance(text, int):

@@ -60,7 +60,7 @@ class Run:
 
     def model(self, step: int | None = None) -> torch.nn.Module:
         """The network at a checkpoint step (default: the last), on the CPU, in eval mode."""
-        from .data import load_dataset
+        from .data import dataset_info
         from .models import build_model
 
         steps = self.checkpoint_steps()
@@ -68,8 +68,8 @@ class Run:
             raise UserError(f"run {self.id} has no checkpoints")
         step = steps[-1] if step is None else step
         cfg = self.config
-        data = load_dataset(cfg.data)
-        model = build_model(cfg.model, data.input_shape, data.out_dim)
+        info = dataset_info(cfg.data)  # the shapes, without loading the data
+        model = build_model(cfg.model, info.input_shape, info.out_dim)
         load_model_state(model, self.state_dict(step), self._rd.checkpoint_path(step))
         return model.eval()
 

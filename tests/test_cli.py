@@ -92,7 +92,7 @@ def write_status(store: Path, run_id: str, status: str, **extra) -> None:
 
 BAD_OVERRIDES = [
     pytest.param(["data.name=nope"], ["unknown dataset 'nope'", "mnist1d"], id="unknown-dataset"),
-    pytest.param(["model.name=nope"], ["model.name 'nope' is unknown", "cnn1d"], id="unknown-model"),
+    pytest.param(["model.name=nope"], ["model.name: unknown model 'nope'", "cnn1d"], id="unknown-model"),
     pytest.param(['model.init_mode="xavier"'], ["model.init_mode must be 'fan_in' or 'fan_out'"], id="init-mode"),
     pytest.param(["train.lrr=1"], ["unknown config key 'train.lrr'", "lr"], id="unknown-key"),
     pytest.param(["nosuchtable.x=1"], ["unknown config key 'nosuchtable'"], id="unknown-table"),

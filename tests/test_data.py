@@ -71,8 +71,11 @@ def test_mnist1d_seeded_and_cached_on_disk():
 def test_generated_datasets_cached_in_process_as_private_copies(monkeypatch):
     calls = []
     real = prototypes.load
-    monkeypatch.setitem(__import__("earlyphase.data", fromlist=["SOURCES"]).SOURCES, "prototypes",
-                        lambda cfg: calls.append(cfg) or real(cfg))
+    from earlyphase.registry import DATASET_REGISTRY, Entry
+
+    entry = DATASET_REGISTRY.get("prototypes")
+    monkeypatch.setitem(DATASET_REGISTRY._entries, "prototypes",
+                        Entry("prototypes", lambda cfg: calls.append(cfg) or real(cfg), entry.origin, entry.meta))
     clear_cache()
     a = load(name="prototypes", n_train=50, n_test=20, dim=8)
     a.x_train.zero_()  # what one caller does to its copy ...

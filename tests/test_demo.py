@@ -19,7 +19,7 @@ def test_headline_is_one_experiment_per_paper_plus_perturbations_and_all_is_ever
     assert demo_names(True) == list(registry())
     assert set(HEADLINE) < set(registry())
     assert demo_names(False, ["early_stats"]) == ["early_stats"]
-    with pytest.raises(UserError, match="unknown experiment 'nope'.*available"):
+    with pytest.raises(UserError, match="unknown experiment 'nope'.*known experiments"):
         demo_names(False, ["nope"])
 
 

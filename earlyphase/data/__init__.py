@@ -1,4 +1,4 @@
-"""Datasets by name (SPEC §1 "Datasets"): a source loader, then the config's options applied in one fixed
+"""Datasets by name (README "Datasets"): a source loader, then the config's options applied in one fixed
 order, so a DataConfig always gives the same tensors.
 
 Order: source -> ``classes`` subset -> ``n_train``/``n_test`` cap -> ``rotation`` task -> ``blur`` ->
@@ -19,38 +19,124 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UserError
+from ..registry import DATASET_REGISTRY
 from . import cifar10, digits, gaussian, idx, mnist1d, prototypes
-from .base import Dataset
+from .base import Dataset, DatasetInfo
 from .transforms import (blur, color_dominance, crop_flip, draw_crop_flip, energy_half, label_noise,
                          normalize, rotation_task, subset_classes)
 
-SOURCES: dict[str, Callable[[DataConfig], Dataset]] = {
-    "mnist1d": mnist1d.load,
-    "digits": digits.load,
-    "gaussian": gaussian.load,
-    "prototypes": prototypes.load,
-    "cifar10": cifar10.load,
-    "mnist": idx.load,
-    "fashion_mnist": idx.load,
-}
-DATASETS: list[str] = list(SOURCES)
-GENERATED = {"mnist1d", "gaussian", "prototypes"}
+Loader = Callable[[DataConfig], Dataset]
+InfoFn = Callable[[DataConfig], "DatasetInfo | None"]
+
+
+def register_dataset(name: str, load: Loader, *, info: InfoFn, generated: bool = False,
+                     example: dict | None = None) -> Loader:
+    """Make ``data.name = name`` load ``load(cfg)``: the source's train and test tensors, before the
+    options every dataset takes (classes, caps, tasks, normalize, ...), which earlyphase applies.
+
+    ``info(cfg)`` gives the source's sizes, input shape and classes without loading tensors (None when
+    it cannot tell; the data are then loaded to find out). ``generated``: a pure function of the config
+    (cached in the process; ``n_train``/``n_test`` are the numbers generated); otherwise a fixed set of
+    files, where asking for more samples than a split has is an error. ``example``: DataConfig fields of
+    a small instance, for the contract tests (docs/plugins.md)."""
+    return DATASET_REGISTRY.register(name, load, info=info, generated=generated, example=dict(example or {}))
+
+
+for _name, _module, _generated, _example in (
+        ("mnist1d", mnist1d, True, {"n_train": 200, "n_test": 100}),
+        ("digits", digits, False, {}),
+        ("gaussian", gaussian, True, {"n_train": 300, "n_test": 100, "dim": 20}),
+        ("prototypes", prototypes, True, {"n_train": 300, "n_test": 100, "dim": 50, "num_classes": 5}),
+        ("cifar10", cifar10, False, {}),
+        ("mnist", idx, False, {}),
+        ("fashion_mnist", idx, False, {})):
+    register_dataset(_name, _module.load, info=_module.info, generated=_generated, example=_example)
+
+# the names of the package's own datasets (old path; the registry also holds plug-ins' datasets)
+DATASETS: list[str] = ["mnist1d", "digits", "gaussian", "prototypes", "cifar10", "mnist", "fashion_mnist"]
 TASKS = ("classify", "rotation", "color_dominance", "energy_half")
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "clear_cache", "crop_flip", "draw_crop_flip"]
+__all__ = ["DATASETS", "Dataset", "DatasetInfo", "load_dataset", "dataset_info", "register_dataset", "clear_cache",
+           "crop_flip", "draw_crop_flip"]
+
+
+def _capped(have: int, n: int | None, key: str, name: str, strict: bool) -> int:
+    """How many samples the ``n_train``/``n_test`` cap keeps of ``have``."""
+    if n is None:
+        return have
+    if n > have and strict:
+        raise UserError(f"data.{key} = {n} but {name} has only {have} samples in that split "
+                        f"(after any class subset); lower data.{key}")
+    return min(n, have)
 
 
 def _cap(x: torch.Tensor, y: torch.Tensor, n: int | None, key: str, name: str, strict: bool) -> tuple:
-    if n is None:
-        return x, y
-    if n > len(y) and strict:
-        raise UserError(f"data.{key} = {n} but {name} has only {len(y)} samples in that split "
-                        f"(after any class subset); lower data.{key}")
-    return x[:n], y[:n]
+    keep = _capped(len(y), n, key, name, strict)
+    return x[:keep], y[:keep]
+
+
+def _source(cfg: DataConfig):
+    if cfg.task not in TASKS:
+        raise UserError(f"unknown data.task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
+    return DATASET_REGISTRY.get(cfg.name, key="data.name")
+
+
+def _check_split_sizes(cfg: DataConfig, n_train: int, n_test: int) -> None:
+    if n_train == 0 or n_test == 0:
+        raise UserError(f"{cfg.name} with data.classes = {list(cfg.classes or [])} leaves an empty split; "
+                        f"pick classes present in the data or raise data.n_train / data.n_test")
+
+
+def dataset_info(cfg: DataConfig) -> DatasetInfo:
+    """Sizes, input shape and classes of the dataset a DataConfig describes, from the source's
+    metadata, without loading its tensors (a class subset of a source that does not know its
+    per-class counts, or a source whose info cannot tell, is loaded to find out)."""
+    entry = _source(cfg)
+    src = entry.meta["info"](cfg)
+    if src is None or (cfg.classes is not None and src.class_counts is None):
+        return load_dataset(cfg).info()
+    n_tr, n_te, n_cls = src.n_train, src.n_test, src.num_classes
+    if cfg.classes is not None:
+        bad = [c for c in cfg.classes if not 0 <= c < n_cls]
+        if bad:
+            raise UserError(f"data.classes {list(cfg.classes)} has labels {bad} outside 0..{n_cls - 1} of {cfg.name}; "
+                            f"pick classes in that range")
+        n_tr, n_te = (sum(part[c] for c in cfg.classes) for part in src.class_counts)
+        n_cls = len(cfg.classes)
+    strict = not entry.meta["generated"]
+    n_tr = _capped(n_tr, cfg.n_train, "n_train", cfg.name, strict)
+    n_te = _capped(n_te, cfg.n_test, "n_test", cfg.name, strict)
+    _check_split_sizes(cfg, n_tr, n_te)
+    n_cls = _check_transforms(cfg, tuple(src.input_shape), n_cls)
+    if cfg.task == "rotation":
+        n_tr, n_te = 4 * n_tr, 4 * n_te
+    return DatasetInfo(n_tr, n_te, tuple(src.input_shape), n_cls, float_targets=cfg.targets == "pm1")
+
+
+def _check_transforms(cfg: DataConfig, shape: tuple[int, ...], n_cls: int) -> int:
+    """The options' checks on one zero sample of the source's shape (the same errors loading gives);
+    returns the class count after the task."""
+    x = torch.zeros(1, *shape)
+    if cfg.task == "rotation":
+        x, _, n_cls = rotation_task(x)
+    x = blur(x, cfg.blur)
+    if cfg.task in ("color_dominance", "energy_half"):
+        n_cls = (color_dominance if cfg.task == "color_dominance" else energy_half)(x)[1]
+    _check_targets(cfg, n_cls, x.dim())
+    return n_cls
+
+
+def _check_targets(cfg: DataConfig, n_cls: int, dim: int) -> None:
+    if cfg.targets == "pm1" and n_cls != 2:
+        raise UserError(f"data.targets = 'pm1' needs a two-class task, {cfg.name} with task {cfg.task!r} has "
+                        f"{n_cls} classes; pick two with data.classes or use data.targets = 'index'")
+    if cfg.augment and dim != 4:
+        raise UserError(f"data.augment (random crop and flip) needs images, {cfg.name} has inputs of "
+                        f"{dim - 1} dimensions; set data.augment = false")
 
 
 def to_sphere(x: torch.Tensor) -> torch.Tensor:
-    """Each sample rescaled to norm sqrt(d), d its number of entries (SPEC §3.2: the linear model's
+    """Each sample rescaled to norm sqrt(d), d its number of entries (docs/experiments/linear_dynamics.md: the linear model's
     constant terms are constants only on that sphere)."""
     flat = x.flatten(1)
     norm = flat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
@@ -69,7 +155,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     a sweep's runs (and a notebook) pay the generation once. Callers get their own copy of the
     tensors, so nothing one run does to them reaches the next. File sources are read each time (the
     files may change between calls)."""
-    if cfg.name in GENERATED:
+    if _source(cfg).meta["generated"]:
         hit = _GENERATED_CACHE.get(cfg)
         if hit is None:
             hit = _build(cfg)
@@ -90,23 +176,18 @@ def clear_cache() -> None:
 
 
 def _build(cfg: DataConfig) -> Dataset:
-    if cfg.name not in SOURCES:
-        raise UserError(f"unknown dataset {cfg.name!r}; known datasets: {', '.join(DATASETS)}")
-    if cfg.task not in TASKS:
-        raise UserError(f"unknown data.task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
-    ds = SOURCES[cfg.name](cfg)
+    entry = _source(cfg)
+    ds = entry.value(cfg)
     x_tr, y_tr, x_te, y_te, n_cls = ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes
 
     if cfg.classes is not None:
         x_tr, y_tr = subset_classes(x_tr, y_tr, cfg.classes, n_cls, what=cfg.name)
         x_te, y_te = subset_classes(x_te, y_te, cfg.classes, n_cls, what=cfg.name)
         n_cls = len(cfg.classes)
-    strict = cfg.name not in GENERATED
+    strict = not entry.meta["generated"]
     x_tr, y_tr = _cap(x_tr, y_tr, cfg.n_train, "n_train", cfg.name, strict)
     x_te, y_te = _cap(x_te, y_te, cfg.n_test, "n_test", cfg.name, strict)
-    if len(y_tr) == 0 or len(y_te) == 0:
-        raise UserError(f"{cfg.name} with data.classes = {list(cfg.classes or [])} leaves an empty split; "
-                        f"pick classes present in the data or raise data.n_train / data.n_test")
+    _check_split_sizes(cfg, len(y_tr), len(y_te))
 
     if cfg.task == "rotation":
         x_tr, y_tr, n_cls = rotation_task(x_tr)
@@ -123,12 +204,7 @@ def _build(cfg: DataConfig) -> Dataset:
 
     if cfg.label_noise > 0:
         y_tr = label_noise(y_tr, cfg.label_noise, n_cls, torch.Generator().manual_seed(cfg.seed))
+    _check_targets(cfg, n_cls, x_tr.dim())
     if cfg.targets == "pm1":
-        if n_cls != 2:
-            raise UserError(f"data.targets = 'pm1' needs a two-class task, {cfg.name} with task {cfg.task!r} has "
-                            f"{n_cls} classes; pick two with data.classes or use data.targets = 'index'")
         y_tr, y_te = y_tr.float() * 2 - 1, y_te.float() * 2 - 1
-    if cfg.augment and x_tr.dim() != 4:
-        raise UserError(f"data.augment (random crop and flip) needs images, {cfg.name} has inputs of shape "
-                        f"{tuple(x_tr.shape[1:])}; set data.augment = false")
     return Dataset(cfg.name, x_tr.contiguous(), y_tr, x_te.contiguous(), y_te, n_cls, cfg.augment)

@@ -7,6 +7,31 @@ from dataclasses import dataclass, field
 import torch
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is, known without loading its tensors (so planning and the engine's check of a
+    stored run stay cheap): split sizes, input shape, classes. A source's info may also give its
+    per-class counts, which lets a class subset be sized without the labels."""
+
+    n_train: int
+    n_test: int
+    input_shape: tuple[int, ...]
+    num_classes: int
+    class_counts: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (train, test) per class
+    float_targets: bool = False  # +-1 targets: one network output
+
+    @property
+    def out_dim(self) -> int:
+        return 1 if self.float_targets else self.num_classes
+
+
+def counts(labels, num_classes: int) -> tuple[int, ...]:
+    """Samples per class of an integer label array (numpy or torch)."""
+    import numpy as np
+
+    return tuple(int(c) for c in np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes])
+
+
 @dataclass
 class Dataset:
     """Train and test tensors (images NCHW float32, sequences N x 1 x L; labels int64, or float
@@ -45,6 +70,10 @@ class Dataset:
         """A copy whose tensors share nothing with this one's."""
         return Dataset(self.name, self.x_train.clone(), self.y_train.clone(), self.x_test.clone(),
                        self.y_test.clone(), self.num_classes, self.augment, self._fingerprint)
+
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(self.n_train, int(self.x_test.shape[0]), self.input_shape, self.num_classes,
+                           float_targets=bool(self.y_train.is_floating_point()))
 
     def fingerprint(self) -> str:
         """Hash of the tensors' bytes: recorded in provenance, so a changed dataset is visible.

@@ -13,7 +13,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UserError
-from .base import Dataset
+from .base import Dataset, DatasetInfo, counts
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
@@ -38,6 +38,51 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module.startswith("numpy.core.") and importlib.util.find_spec("numpy._core") is not None:
             module = "numpy._core." + module[len("numpy.core."):]  # numpy 2 moved it; avoid the shim
         return getattr(importlib.import_module(module), name)
+
+
+class _Inert:
+    """What numpy's reconstruction names become when only the labels are read: no array is built."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
+class _LabelsOnly(_RestrictedUnpickler):
+    """The restricted unpickler, with numpy's names giving inert stubs: reads a batch's label list
+    without building its pixel array (the metadata of a python batch)."""
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle's signature
+        found = super().find_class(module, name)  # refuses what the full reader refuses
+        return found if module == "_codecs" else _Inert
+
+
+def _labels(path: Path, fmt: str) -> np.ndarray | None:
+    """A batch's labels without its pixels; None when the file is not well formed (the loader then
+    reports what is wrong with it)."""
+    try:
+        if fmt == "bin":
+            raw = np.memmap(path, dtype=np.uint8, mode="r")
+            return None if raw.size == 0 or raw.size % (PIXELS + 1) else np.array(raw[::PIXELS + 1], dtype=np.int64)
+        with open(path, "rb") as f:
+            obj = _LabelsOnly(f, encoding="bytes").load()
+        labels = obj.get(b"labels", obj.get("labels")) if isinstance(obj, dict) else None
+        return np.asarray(labels, dtype=np.int64) if isinstance(labels, list) else None
+    except Exception:  # noqa: BLE001 - anything unreadable is left to the loader's error
+        return None
+
+
+def info(cfg: DataConfig) -> DatasetInfo | None:
+    """Split sizes and per-class counts from the batches' labels; None if a file is not well formed."""
+    where, fmt = find_layout(cfg.root)
+    suffix = "" if fmt == "py" else ".bin"
+    labels = [_labels(where / f"{name}{suffix}", fmt) for name in (*TRAIN_BATCHES, TEST_BATCH)]
+    if any(y is None or (y.size and (y.min() < 0 or y.max() > 9)) for y in labels):
+        return None
+    y_train, y_test = np.concatenate(labels[:-1]), labels[-1]
+    return DatasetInfo(len(y_train), len(y_test), (3, 32, 32), 10, (counts(y_train, 10), counts(y_test, 10)))
 
 
 def _load_pickle(path: Path) -> tuple[np.ndarray, np.ndarray]:

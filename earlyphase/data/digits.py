@@ -4,10 +4,14 @@ from __future__ import annotations
 import torch
 
 from ..config import DataConfig
-from .base import Dataset
+from .base import Dataset, DatasetInfo
 
 N_TRAIN = 1437  # the rest (360) is the test split
 SPLIT_SEED = 0  # the split is fixed: it does not follow cfg.seed, so runs with other seeds compare
+
+
+def info(cfg: DataConfig) -> DatasetInfo:
+    return DatasetInfo(N_TRAIN, 1797 - N_TRAIN, (1, 8, 8), 10)
 
 
 def load(cfg: DataConfig) -> Dataset:

@@ -1,4 +1,4 @@
-"""Gaussian inputs labelled by a teacher with a linear and a quadratic part (SPEC §3.4): the data of the
+"""Gaussian inputs labelled by a teacher with a linear and a quadratic part (docs/experiments/linear_dynamics.md): the data of the
 linear-dynamics experiments, whose input covariance the linear model needs to know."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UserError
-from .base import Dataset
+from .base import Dataset, DatasetInfo
 
 DEFAULT_N_TRAIN, DEFAULT_N_TEST = 20000, 2000
 QUADRATIC = 1.5  # weight of the teacher's nonlinear part
@@ -59,10 +59,14 @@ def sample(n: int, dim: int, spectrum: str, seed: int, part: str) -> torch.Tenso
     return (z * eigenvalues(dim, spectrum).sqrt()).float()
 
 
+def info(cfg: DataConfig) -> DatasetInfo:
+    eigenvalues(1, cfg.spectrum)  # a malformed spectrum is an error here already
+    return DatasetInfo(cfg.n_train or DEFAULT_N_TRAIN, cfg.n_test or DEFAULT_N_TEST, (cfg.dim,), 2)
+
+
 def load(cfg: DataConfig) -> Dataset:
     """N x dim float32 inputs, two classes {0, 1} from the teacher drawn from cfg.seed."""
-    n_train = cfg.n_train or DEFAULT_N_TRAIN
-    n_test = cfg.n_test or DEFAULT_N_TEST
+    n_train, n_test = info(cfg).n_train, info(cfg).n_test
     a, b = teacher(cfg.dim, cfg.seed)
     x_train = sample(n_train, cfg.dim, cfg.spectrum, cfg.seed, "train")
     x_test = sample(n_test, cfg.dim, cfg.spectrum, cfg.seed, "test")

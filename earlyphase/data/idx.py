@@ -13,7 +13,7 @@ import torch
 from ..config import DataConfig
 from ..errors import UserError
 from ..memory import available_bytes, gib
-from .base import Dataset
+from .base import Dataset, DatasetInfo, counts
 
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
          "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
@@ -97,6 +97,34 @@ def _split(files: dict[str, Path], part: str) -> tuple[torch.Tensor, torch.Tenso
         raise UserError(f"{files[f'{part}_labels']} has labels above 9; it is not an MNIST label file")
     x = torch.from_numpy(images.copy()).float().div_(255.0)[:, None]
     return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def _image_dims(path: Path) -> list[int] | None:
+    """The dimensions in an IDX image file's header (16 bytes), or None if it is not well formed."""
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as f:
+            head = f.read(16)
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(head) < 16 or head[:4] != b"\0\0\x08\x03":
+        return None
+    return [int(d) for d in np.frombuffer(head, dtype=">i4", count=3, offset=4)]
+
+
+def info(cfg: DataConfig) -> DatasetInfo | None:
+    """Sizes from the image headers, per-class counts from the (small) label files; None when a file
+    is not well formed (the loader then says what is wrong)."""
+    files = find_files(cfg.root, cfg.name)
+    dims = {part: _image_dims(files[f"{part}_images"]) for part in ("train", "test")}
+    try:
+        labels = {part: read_idx(files[f"{part}_labels"], 1) for part in ("train", "test")}
+    except UserError:
+        return None
+    if any(d is None or d[0] != labels[p].shape[0] or (labels[p].size and labels[p].max() > 9)
+           for p, d in dims.items()) or dims["train"][1:] != dims["test"][1:]:
+        return None
+    return DatasetInfo(dims["train"][0], dims["test"][0], (1, *dims["train"][1:]), 10,
+                       (counts(labels["train"], 10), counts(labels["test"], 10)))
 
 
 def load(cfg: DataConfig) -> Dataset:

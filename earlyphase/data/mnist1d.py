@@ -16,7 +16,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UserError
-from .base import Dataset
+from .base import Dataset, DatasetInfo
 
 DEFAULT_N_TRAIN, DEFAULT_N_TEST = 4000, 1000
 
@@ -67,14 +67,17 @@ def _cached(args_json: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def info(cfg: DataConfig) -> DatasetInfo:
+    if not 0 <= cfg.seed < 2**32:
+        raise UserError(f"data.seed must be in [0, 2**32) for mnist1d (numpy's seed range), got {cfg.seed}")
+    return DatasetInfo(cfg.n_train or DEFAULT_N_TRAIN, cfg.n_test or DEFAULT_N_TEST, (1, 40), 10)
+
+
 def load(cfg: DataConfig) -> Dataset:
     """N x 1 x 40 float32 sequences, 10 classes; ``n_train`` + ``n_test`` samples are generated from
     ``cfg.seed`` (rounded up to a multiple of 10, as the generator makes equal classes), the first
     ``n_train`` for training and the next ``n_test`` for testing."""
-    n_train = cfg.n_train or DEFAULT_N_TRAIN
-    n_test = cfg.n_test or DEFAULT_N_TEST
-    if not 0 <= cfg.seed < 2**32:
-        raise UserError(f"data.seed must be in [0, 2**32) for mnist1d (numpy's seed range), got {cfg.seed}")
+    n_train, n_test = info(cfg).n_train, info(cfg).n_test
     total = -(-(n_train + n_test) // 10) * 10
     # train_split is left at its default: the split is made here, so (n_train, n_test) pairs with the
     # same total share one generated set and one cache entry.

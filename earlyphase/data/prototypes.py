@@ -8,7 +8,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import UserError
-from .base import Dataset
+from .base import Dataset, DatasetInfo
 from .gaussian import part_generator
 
 DEFAULT_N_TRAIN, DEFAULT_N_TEST = 5000, 1000
@@ -38,12 +38,15 @@ def sample(n: int, protos: torch.Tensor, atypical: float, seed: int, part: str,
     return signal * protos[y] + scale * noise, y, is_atypical
 
 
-def load(cfg: DataConfig) -> Dataset:
-    """N x dim float32 inputs, cfg.num_classes classes, cfg.atypical of each split atypical."""
-    n_train = cfg.n_train or DEFAULT_N_TRAIN
-    n_test = cfg.n_test or DEFAULT_N_TEST
+def info(cfg: DataConfig) -> DatasetInfo:
     if cfg.num_classes < 2:
         raise UserError(f"data.num_classes must be >= 2 for prototypes, got {cfg.num_classes}")
+    return DatasetInfo(cfg.n_train or DEFAULT_N_TRAIN, cfg.n_test or DEFAULT_N_TEST, (cfg.dim,), cfg.num_classes)
+
+
+def load(cfg: DataConfig) -> Dataset:
+    """N x dim float32 inputs, cfg.num_classes classes, cfg.atypical of each split atypical."""
+    n_train, n_test = info(cfg).n_train, info(cfg).n_test
     protos = prototypes(cfg.num_classes, cfg.dim, cfg.seed)
     x_train, y_train, _ = sample(n_train, protos, cfg.atypical, cfg.seed, "train", cfg.atypical_alignment)
     x_test, y_test, _ = sample(n_test, protos, cfg.atypical, cfg.seed, "test", cfg.atypical_alignment)

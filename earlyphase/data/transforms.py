@@ -1,4 +1,4 @@
-"""Tensor transforms behind the dataset options (SPEC §1 "Datasets"): each one is a pure function of its
+"""Tensor transforms behind the dataset options (README "Datasets"): each one is a pure function of its
 inputs (and of an explicit generator where randomness is involved), so a dataset is a function of its
 config, and the per-batch augmentation is a function of the data seed and the step."""
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Executors run a graph of run configs into a store; they know nothing of experiments."""
-from .base import ExecutionReport
+from .base import ExecutionReport, Work
 from .graph import RunGraph, merge_observe, parents
 from .local import LocalExecutor
+from .scheduler import schedule
 
 EXECUTORS = ("local", "ray")
 
@@ -21,4 +22,5 @@ def make_executor(name: str, *, workers: int = 1, address: str | None = None, pr
     raise UserError(f"unknown executor {name!r}; use one of: {', '.join(EXECUTORS)}")
 
 
-__all__ = ["RunGraph", "LocalExecutor", "ExecutionReport", "make_executor", "merge_observe", "parents", "EXECUTORS"]
+__all__ = ["RunGraph", "LocalExecutor", "ExecutionReport", "Work", "make_executor", "merge_observe", "parents",
+           "schedule", "EXECUTORS"]

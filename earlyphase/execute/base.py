@@ -1,12 +1,16 @@
-"""What every executor shares: which runs are ready, which are done, and the report of a sweep."""
+"""What every executor shares: the report of a sweep, how a run crosses a process boundary, and
+the function a worker runs."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from ..config import RunConfig, from_dict, to_dict
+from ..config import RunConfig, from_dict, run_id, to_dict
 from ..errors import UserError
+from ..registry import install_entries, load_plugins, portable_entries
 from ..store import Store
 from .graph import RunGraph
 
@@ -23,22 +27,19 @@ class ExecutionReport:
         return not self.failed and not self.blocked
 
 
-def blocked(graph: RunGraph, rid: str, report: ExecutionReport) -> bool:
-    """A run whose parent failed (or is blocked) cannot start: record it as blocked."""
-    if any(p in report.failed or p in report.blocked for p in graph.parents(rid)):
-        report.blocked.append(rid)
-        return True
-    return False
+@dataclass(frozen=True)
+class Work:
+    """What the scheduler does with a run, as module-level functions (they travel by reference to
+    pool and Ray workers): ``train(cfg, store)`` trains it (raising on failure); ``complete(cfg, store)``
+    says, cheaply, whether the store already holds it with everything it asks for."""
+
+    train: Callable[[RunConfig, Store], Any]
+    complete: Callable[[RunConfig, Store], bool]
 
 
-def record(report: ExecutionReport, rid: str, error: str | None, *, before: str) -> None:
-    """File a finished run under failed, found (it was stored) or trained."""
-    if error is not None:
-        report.failed[rid] = error
-    elif before == "done":
-        report.found.append(rid)
-    else:
-        report.trained.append(rid)
+def default_work() -> Work:
+    """The package's training engine (named, not imported: executors know nothing of models)."""
+    return importlib.import_module("earlyphase.train.engine").WORK
 
 
 def stored_status(store: Store, rid: str) -> str:
@@ -65,20 +66,35 @@ def decode(data: dict) -> RunConfig:
     return from_dict(RunConfig, data)
 
 
-def run_one(cfg_data: dict, store_root: str) -> tuple[str, str | None]:
-    """Train one run in whatever process this is; returns (run id, error or None)."""
-    from ..config import run_id
-    from ..train.engine import execute
-
+def run_one(train: Callable[[RunConfig, Store], Any], cfg_data: dict, store_root: str,
+            entries: list | tuple = ()) -> tuple[str, str | None]:
+    """Train one run in whatever process this is; returns (run id, error or None). ``entries``: the
+    parent's run-time registrations (unpickling them imported their modules); plug-ins load here."""
+    install_entries(list(entries))
+    load_plugins()
     cfg = decode(cfg_data)
     rid = run_id(cfg)
     try:
-        execute(cfg, Store(store_root), progress=False)
+        train(cfg, Store(store_root))
         return rid, None
     except UserError as e:
         return rid, str(e)
     except Exception as e:  # the engine has marked the run failed; the sweep goes on
         return rid, f"{type(e).__name__}: {e}"
+
+
+def used_names(graph: RunGraph) -> set[tuple[str, str]]:
+    """(registry kind, name) of every model, dataset and recorder the graph's runs name."""
+    out: set[tuple[str, str]] = set()
+    for cfg in graph.nodes.values():
+        out |= {("model", cfg.model.name), ("dataset", cfg.data.name)}
+        out |= {("recorder", r) for r in cfg.observe.recorders}
+    return out
+
+
+def worker_entries(graph: RunGraph) -> list:
+    """The run-time registrations workers need; one the runs use that cannot travel is a UserError."""
+    return portable_entries(used_names(graph))
 
 
 def check_graph(graph: RunGraph, store: Store) -> None:

@@ -1,5 +1,9 @@
 """A plan is a graph of run configs: a run depends on the run it starts from and the runs its mask
-is derived from. The same run asked for twice is one node, with the union of the observations."""
+is derived from. The same run asked for twice is one node, with the union of the observations.
+
+The graph carries what it knows about IMP chains: a magnitude mask derived from a run in the graph
+gets its level and its parent's mask filled in (fields outside the run id), so nothing downstream
+re-derives them from the store."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +26,29 @@ def parents(cfg: RunConfig) -> set[str]:
             out.add(m.from_run)
         stack.append(m.like)
     return out
+
+
+def _level(mask: MaskConfig | None) -> int | None:
+    """IMP level of a mask whose lineage is known (None when it is not)."""
+    if mask is None or mask.kind == "stored":
+        return 0
+    if mask.kind == "random":
+        return _level(mask.like)
+    return mask.level
+
+
+def with_lineage(mask: MaskConfig | None, nodes: dict[str, RunConfig]) -> MaskConfig | None:
+    """``mask`` with the level and parent mask of every magnitude mask the graph can tell."""
+    if mask is None:
+        return None
+    if mask.kind == "random":
+        like = with_lineage(mask.like, nodes)
+        return mask if like is mask.like else dataclasses.replace(mask, like=like)
+    if mask.kind != "magnitude" or mask.level is not None or mask.from_run not in nodes:
+        return mask
+    parent = nodes[mask.from_run].mask
+    level = _level(parent)
+    return mask if level is None else dataclasses.replace(mask, level=level + 1, parent=parent)
 
 
 def merge_observe(a: ObserveConfig, b: ObserveConfig) -> ObserveConfig:
@@ -62,6 +89,9 @@ class RunGraph:
 
     def add(self, cfg: RunConfig) -> str:
         rid = run_id(cfg)
+        mask = with_lineage(cfg.mask, self.nodes)
+        if mask is not cfg.mask:
+            cfg = cfg.replace(mask=mask)
         if rid in self.nodes:
             old = self.nodes[rid]
             cfg = old.replace(observe=merge_observe(old.observe, cfg.observe))

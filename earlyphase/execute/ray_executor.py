@@ -1,4 +1,4 @@
-"""The Ray executor: the local executor's semantics, with each run a Ray task.
+"""The Ray executor: the scheduler (execute/scheduler.py) with each run a Ray task.
 
 Runs start as soon as their parents finish (independent IMP chains overlap), at most ``workers`` at a
 time; finished runs are found, failed runs are skipped (with their dependents) unless ``retry_failed``.
@@ -14,9 +14,9 @@ import socket
 
 from ..errors import UserError
 from ..store import Store
-from .base import ExecutionReport, blocked, check_graph, encode, record, run_one, stored_status, with_threads
+from .base import ExecutionReport, Work, check_graph, default_work, run_one, worker_entries
 from .graph import RunGraph
-from .progress import SweepProgress
+from .scheduler import schedule
 
 INSTALL_HINT = "the ray executor needs ray: pip install 'earlyphase[ray]'"
 
@@ -111,68 +111,56 @@ class RayExecutor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, graph: RunGraph, store: Store, *, retry_failed: bool = False) -> ExecutionReport:
+    def check(self, graph: RunGraph, store: Store) -> list:
+        """Bad input before anything runs (see LocalExecutor.check); Ray workers always need the entries."""
         check_graph(graph, store)
-        report = ExecutionReport()
-        pending: dict[str, str] = {}  # run id -> stored status before this sweep, in dependency order
-        for rid in graph.topological():
-            status = stored_status(store, rid)
-            if status == "failed" and not retry_failed:
-                report.failed[rid] = store.run(rid).status().get("error", "failed earlier")
-            elif any(p in report.failed or p in report.blocked for p in graph.parents(rid)):
-                report.blocked.append(rid)
-            else:
-                pending[rid] = status
+        return worker_entries(graph)
+
+    def run(self, graph: RunGraph, store: Store, *, retry_failed: bool = False,
+            work: Work | None = None) -> ExecutionReport:
+        work = work or default_work()
         try:
-            with SweepProgress(len(graph), enabled=self.progress) as bar:
-                bar.advance(len(graph) - len(pending))
-                if all(s == "done" for s in pending.values()):
-                    # nothing to train, so no Ray start: the engine's cheap path finds each run here
-                    for rid, before in pending.items():
-                        _, error = run_one(encode(with_threads(graph.nodes[rid], None)), str(store.root))
-                        record(report, rid, error, before=before)
-                        bar.advance(1)
-                else:
-                    self._connect()
-                    self._schedule(graph, store, pending, report, bar)
+            backend = RayBackend(self, work.train, str(store.root), self.check(graph, store))
+            return schedule(graph, store, backend, work, retry_failed=retry_failed, progress=self.progress)
         finally:
             self.close()
-        return report
 
-    def _schedule(self, graph: RunGraph, store: Store, pending: dict[str, str], report: ExecutionReport,
-                  bar: SweepProgress) -> None:
-        ray = self.ray
-        task = ray.remote(num_cpus=1)(run_one)
-        done: set[str] = {p for rid in graph for p in graph.parents(rid) if p not in graph.nodes}
-        waiting = list(pending)
-        running: dict[object, str] = {}  # object ref -> run id
-        try:
-            while waiting or running:
-                for rid in list(waiting):
-                    if self.workers and len(running) >= self.workers:
-                        break
-                    if blocked(graph, rid, report):
-                        waiting.remove(rid)
-                        bar.advance(1)
-                    elif graph.parents(rid) <= done:
-                        waiting.remove(rid)
-                        running[task.remote(encode(with_threads(graph.nodes[rid], 1)), str(store.root))] = rid
-                if not running:
-                    if waiting:  # cannot happen for a graph in dependency order; never spin
-                        raise RuntimeError(f"runs wait on parents that never finish: {waiting[:3]}")
-                    break
-                ready, _ = ray.wait(list(running), num_returns=1)
-                for ref in ready:
-                    rid = running.pop(ref)
-                    try:
-                        _, error = ray.get(ref)
-                    except Exception as e:  # the worker died (killed, out of memory): the run resumes next time
-                        error = _one_line(e)
-                    record(report, rid, error, before=pending[rid])
-                    bar.advance(1)
-                    if error is None:
-                        done.add(rid)
-        finally:
-            for ref in running:  # interrupted: stop the runs in flight; each resumes from its last checkpoint
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
+
+class RayBackend:
+    """Each run a 1-CPU Ray task on 1 thread, at most ``workers`` in flight (0: as many as Ray
+    schedules). Ray starts (or the cluster is joined) on the first run that needs training, so a
+    finished sweep never starts it."""
+
+    threads = 1
+
+    def __init__(self, executor: RayExecutor, train, root: str, entries: list) -> None:
+        self.executor, self.train, self.root, self.entries = executor, train, root, entries
+        self.slots = executor.workers
+        self._task = None
+        self._running: dict[object, str] = {}  # object ref -> run id
+
+    def __enter__(self) -> "RayBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for ref in self._running:  # interrupted: stop the runs in flight; each resumes from its last checkpoint
+            with contextlib.suppress(Exception):
+                self.executor.ray.cancel(ref, force=True)
+
+    def submit(self, rid: str, cfg_data: dict) -> None:
+        if self._task is None:
+            self.executor._connect()
+            self._task = self.executor.ray.remote(num_cpus=1)(run_one)
+        self._running[self._task.remote(self.train, cfg_data, self.root, self.entries)] = rid
+
+    def wait(self) -> list[tuple[str, str | None]]:
+        ray = self.executor.ray
+        ready, _ = ray.wait(list(self._running), num_returns=1)
+        out = []
+        for ref in ready:
+            rid = self._running.pop(ref)
+            try:
+                out.append((rid, ray.get(ref)[1]))
+            except Exception as e:  # the worker died (killed, out of memory): the run resumes next time
+                out.append((rid, _one_line(e)))
+        return out

@@ -1,5 +1,5 @@
 """The experiment framework: an experiment turns its config into a graph of runs (``plan``), reads
-results from the store (``analyze``), draws figures and evaluates the SPEC's statement (``check``).
+results from the store (``analyze``), draws figures and evaluates the experiment's claim (``check``).
 The runner (runner.py) does the rest: executing, caching, the report, ``check.json``."""
 from __future__ import annotations
 

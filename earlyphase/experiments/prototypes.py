@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import RunConfig, _check
+from ..config import DataConfig, RunConfig, _check
 from ..data import load_dataset
 from ..errors import UserError
 from ..probes.phases import check_tolerances, detect_phases
@@ -25,7 +25,7 @@ GRID = ["fraction", "alignment"]
 
 @dataclass(frozen=True)
 class PrototypesConfig:
-    run: RunConfig = field(default_factory=RunConfig)  # data.name = "prototypes", a single-layer network
+    run: RunConfig = field(default_factory=lambda: RunConfig(data=DataConfig(name="prototypes")))  # a single-layer network
     seeds: int = 1
     fractions: tuple[float, ...] = (0.05, 0.10)  # data.atypical: fraction of atypical samples
     alignments: tuple[float, ...] = (0.1, 0.2, 0.4)  # data.atypical_alignment: prototype weight in an atypical sample

@@ -12,11 +12,13 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import _merge, apply_overrides, canonical_json, from_dict, preset_path, read_toml, to_dict
+from ..config import _merge, apply_overrides, canonical_json, check_names, from_dict, preset_path, read_toml, to_dict
 from ..errors import UserError
+from ..registry import EXPERIMENT_REGISTRY
 from ..store import Store
 from ..store.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from ..store.runs import exclusive
+from ..train.engine import WORK
 from .base import Check, ExperimentDef, Plan
 
 
@@ -24,33 +26,37 @@ class RunsFailed(Exception):
     """Some runs of the plan failed: the experiment cannot be analysed until they are retried."""
 
 
-# Experiment modules in demo order; each defines one ExperimentDef subclass.
+# The package's experiment modules in demo order; each defines one ExperimentDef subclass.
 MODULES = ("rewinding", "rewinding_robustness", "early_stats", "perturbations", "pretraining", "linear_dynamics",
            "learning_phases", "prototypes", "instability", "gradient_subspace", "critical_period")
 
 
-def registry() -> dict[str, ExperimentDef]:
+def register_experiment(definition: type[ExperimentDef] | ExperimentDef) -> ExperimentDef:
+    """Make ``earlyphase run NAME`` run an ExperimentDef (a subclass, or an instance of one) under its
+    ``name``; its presets are found like the package's (docs/plugins.md)."""
+    exp = definition() if isinstance(definition, type) else definition
+    if not isinstance(exp, ExperimentDef) or not getattr(exp, "name", ""):
+        raise UserError(f"register_experiment needs an ExperimentDef subclass with a name, got {definition!r}")
+    return EXPERIMENT_REGISTRY.register(exp.name, exp)
+
+
+def _register_builtins() -> None:
     import importlib
 
-    exps: dict[str, ExperimentDef] = {}
     for module in MODULES:
-        try:
-            mod = importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__package__}.{module}":
-                continue  # not built yet
-            raise
+        mod = importlib.import_module(f"{__package__}.{module}")
         for obj in vars(mod).values():
             if isinstance(obj, type) and issubclass(obj, ExperimentDef) and obj.__module__ == mod.__name__:
-                exps[obj.name] = obj()
-    return exps
+                register_experiment(obj)
+
+
+def registry() -> dict[str, ExperimentDef]:
+    """Every registered experiment by name: the package's in demo order, then the plug-ins'."""
+    return {e.name: e.value for e in EXPERIMENT_REGISTRY.entries()}
 
 
 def get_experiment(name: str) -> ExperimentDef:
-    exps = registry()
-    if name not in exps:
-        raise UserError(f"unknown experiment {name!r}; available: {', '.join(sorted(exps))}")
-    return exps[name]
+    return EXPERIMENT_REGISTRY.get(name).value
 
 
 def load_experiment_config(exp: ExperimentDef, *, preset: str = "laptop", config: str | Path | dict | None = None,
@@ -68,7 +74,9 @@ def load_experiment_config(exp: ExperimentDef, *, preset: str = "laptop", config
             data[key] = value
     run_preset = data.pop("run_preset", preset)
     data["run"] = _merge(read_toml(preset_path("train", run_preset)), data.get("run", {}))
-    return from_dict(exp.config_cls, data)
+    cfg = from_dict(exp.config_cls, data)
+    check_names(cfg)
+    return cfg
 
 
 def experiment_id(cfg: Any) -> str:
@@ -116,7 +124,7 @@ class Experiment:
 def estimate_seconds(plan: Plan, store: Store, workers: int) -> tuple[float, int]:
     """Seconds for the runs not yet stored, from a 20-step timing of the first pending run's setup."""
     from ..data import load_dataset
-    from ..train.engine import RunPlan
+    from ..train.schedules import run_schedule
     from .timing import seconds_per_step
 
     pending = [rid for rid in plan.graph if not _done(store, rid)]
@@ -126,12 +134,11 @@ def estimate_seconds(plan: Plan, store: Store, workers: int) -> tuple[float, int
     per_step: dict[str, float] = {}
     for rid in pending:
         cfg = plan.graph.nodes[rid]
-        data = load_dataset(cfg.data)
-        rp = RunPlan.of(cfg, data.n_train)
-        steps += rp.total - rp.start
+        rs = run_schedule(cfg)
+        steps += rs.total - rs.start
         key = canonical_json({"d": to_dict(cfg.data), "m": to_dict(cfg.model), "b": cfg.train.batch_size})
         if key not in per_step:
-            per_step[key] = seconds_per_step(cfg, data)
+            per_step[key] = seconds_per_step(cfg, load_dataset(cfg.data))
     return steps * (sum(per_step.values()) / len(per_step)) / max(1, workers), len(pending)
 
 
@@ -153,6 +160,7 @@ def run_experiment(name: str, *, preset: str = "laptop", config: str | Path | di
     runner = make_executor(executor, workers=workers, address=address, progress=progress)
     st = store if isinstance(store, Store) else Store(store)
     plan = exp.plan(cfg, st)
+    runner.check(plan.graph, st)  # bad input (e.g. a model workers cannot import) before anything is written
     directory = st.root / "experiments" / f"{name}-{experiment_id(cfg)}"
     if dry_run:
         seconds, pending = estimate_seconds(plan, st, workers)
@@ -165,7 +173,7 @@ def run_experiment(name: str, *, preset: str = "laptop", config: str | Path | di
     stored = sum(_done(st, rid) for rid in plan.graph)
     print(f"{name}: {len(plan.graph)} runs ({stored} already stored) with {executor} executor, {workers} worker(s)",
           file=log)
-    report = runner.run(plan.graph, st, retry_failed=retry_failed)
+    report = runner.run(plan.graph, st, retry_failed=retry_failed, work=WORK)
     if not report.ok:
         first = next(iter(report.failed.items()), (None, None))
         raise RunsFailed(f"{len(report.failed)} runs failed and {len(report.blocked)} could not start"
@@ -227,3 +235,6 @@ def redraw(directory: str | Path, store: str | Path | Store | None = None) -> Ex
     prior = json.loads((directory / "check.json").read_text()).get("wall_seconds", 0.0) \
         if (directory / "check.json").is_file() else 0.0
     return finish(exp, cfg, plan, st, directory, preset=meta.get("preset", "?"), wall_seconds=prior)
+
+
+_register_builtins()

@@ -1,4 +1,4 @@
-"""Model registry (SPEC §1 "Models"): build a network by name, name its prunable weights, initialize it.
+"""Model registry (README "Models"): build a network by name, name its prunable weights, initialize it.
 
 Every model carries ``output_layer``, the name of its final layer (a module, or for two_layer the
 parameter ``v``), so pruning can leave the output layer dense unless the config says otherwise.
@@ -12,6 +12,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import UserError
+from ..registry import MODEL_REGISTRY
 from .cnn1d import build_cnn1d
 from .conv import build_conv
 from .mlp import build_mlp, build_lenet_300_100
@@ -22,27 +23,43 @@ from .vgg import build_vgg8_phases, build_vgg_cifar
 
 Builder = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
 
-_BUILDERS: dict[str, Builder] = {
-    "mlp": build_mlp,
-    "lenet_300_100": build_lenet_300_100,
-    "cnn1d": build_cnn1d,
-    "conv2": build_conv,
-    "conv4": build_conv,
-    "conv6": build_conv,
-    "resnet_cifar_20": build_resnet,
-    "resnet_cifar_56": build_resnet,
-    "vgg_cifar_11": build_vgg_cifar,
-    "vgg_cifar_13": build_vgg_cifar,
-    "vgg_cifar_16": build_vgg_cifar,
-    "vgg8_phases": build_vgg8_phases,
-    "two_layer": build_two_layer,
-    "fc_ntk": build_fc_ntk,
-    "cnn_ntk": build_cnn_ntk,
+CIFAR, MNIST = (3, 32, 32), (1, 28, 28)
+# name -> (builder, an input shape it takes: the contract tests build it for that)
+_BUILDERS: dict[str, tuple[Builder, tuple[int, ...]]] = {
+    "mlp": (build_mlp, MNIST),
+    "lenet_300_100": (build_lenet_300_100, MNIST),
+    "cnn1d": (build_cnn1d, (1, 40)),
+    "conv2": (build_conv, CIFAR),
+    "conv4": (build_conv, CIFAR),
+    "conv6": (build_conv, CIFAR),
+    "resnet_cifar_20": (build_resnet, CIFAR),
+    "resnet_cifar_56": (build_resnet, CIFAR),
+    "vgg_cifar_11": (build_vgg_cifar, CIFAR),
+    "vgg_cifar_13": (build_vgg_cifar, CIFAR),
+    "vgg_cifar_16": (build_vgg_cifar, CIFAR),
+    "vgg8_phases": (build_vgg8_phases, CIFAR),
+    "two_layer": (build_two_layer, (100,)),
+    "fc_ntk": (build_fc_ntk, CIFAR),
+    "cnn_ntk": (build_cnn_ntk, CIFAR),
 }
-MODELS: list[str] = list(_BUILDERS)
+MODELS: list[str] = list(_BUILDERS)  # the package's own models (old path; the registry also holds plug-ins')
 NORM_FREE = ("vgg8_phases",)  # models that take model.norm = "none"
 
-__all__ = ["MODELS", "TwoLayer", "activation_fn", "build_model", "init_weights", "prunable_names"]
+__all__ = ["MODELS", "TwoLayer", "activation_fn", "build_model", "init_weights", "prunable_names", "register_model"]
+
+
+def register_model(name: str, build: Builder, *, example_input: tuple[int, ...] = (1, 40)) -> Builder:
+    """Make ``model.name = name`` build ``build(model_cfg, input_shape, out_dim)``: an ``nn.Module``
+    whose ``output_layer`` attribute names its final layer (a module, or a parameter) and whose
+    conv/linear weights are the prunable ones (or listed in ``weight_params``). earlyphase seeds
+    torch's RNG and then applies its initialization (``model.init_mode``) to conv, linear and BN
+    layers, so the weights are a function of the seed. ``example_input``: an input shape (no batch
+    dimension) the contract tests build it for (docs/plugins.md)."""
+    return MODEL_REGISTRY.register(name, build, example_input=tuple(example_input))
+
+
+for _name, (_build, _example) in _BUILDERS.items():
+    register_model(_name, _build, example_input=_example)
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
@@ -51,8 +68,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int) ->
     All randomness comes from the global torch RNG, so seeding torch first makes the weights
     reproducible.
     """
-    if cfg.name not in _BUILDERS:
-        raise UserError(f"model.name {cfg.name!r} is unknown; use one of: {', '.join(MODELS)}")
+    build = MODEL_REGISTRY.get(cfg.name, key="model.name").value
     shape = tuple(input_shape)
     if not shape or not all(isinstance(n, int) and n >= 1 for n in shape):
         raise UserError(f"model '{cfg.name}' got input shape {shape}; it must be a non-empty tuple of positive "
@@ -62,7 +78,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], out_dim: int) ->
     if cfg.norm != "batch" and cfg.name not in NORM_FREE:
         raise UserError(f"model.norm = {cfg.norm!r} is built by {', '.join(NORM_FREE)} only, not {cfg.name!r}; "
                         "leave model.norm at 'batch' (the model's own layers)")
-    model = _BUILDERS[cfg.name](cfg, shape, out_dim)
+    model = build(cfg, shape, out_dim)
     init_weights(model, cfg.init_mode, cfg.bn_init)
     if cfg.init_std > 0:
         _normal_weights(model, cfg.init_std)

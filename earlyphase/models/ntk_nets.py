@@ -1,4 +1,4 @@
-"""Deeper networks of the linear-dynamics lab (SPEC §3.4), in NTK parametrization: every weight is
+"""Deeper networks of the linear-dynamics lab (docs/experiments/linear_dynamics.md), in NTK parametrization: every weight is
 N(0, 1) and the layer divides by sqrt(fan_in) in its forward pass, so the NTK has a finite width limit.
 
 - ``fc_ntk``: flatten, 3 hidden layers of 512 (``model.widths`` when given), relu, linear output.

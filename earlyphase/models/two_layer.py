@@ -1,4 +1,4 @@
-"""The two-layer network of Hu, Xiao, Adlam & Pennington (SPEC §3.1), in NTK parametrization:
+"""The two-layer network of Hu, Xiao, Adlam & Pennington (docs/experiments/linear_dynamics.md), in NTK parametrization:
 
     f(x) = (1/sqrt(m)) sum_r v_r phi(w_r . x / sqrt(d)),  w: m x d,  v: out_dim x m,  all N(0, 1), no biases.
 

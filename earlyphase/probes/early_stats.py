@@ -1,4 +1,4 @@
-"""Early-phase statistics of every training step (SPEC §2.3), computed on the device.
+"""Early-phase statistics of every training step (docs/experiments/early_stats.md), computed on the device.
 
 ``observe.recorders = ["early_stats"]`` records, for every step the process trains (not only at
 evaluation steps), these rows, all with split ``"train"``:
@@ -141,7 +141,7 @@ def _width(numels: list[int]) -> int:
 
 class EarlyStatsRecorder(Recorder):
     """Per-step gradient norms, weight magnitude, sign changes, distance and cosine to θ0, and
-    weight trajectories (SPEC §2.3); see the module docstring for names, layers and design."""
+    weight trajectories (docs/experiments/early_stats.md); see the module docstring for names, layers and design."""
 
     name = "early_stats"
 
@@ -188,7 +188,13 @@ class EarlyStatsRecorder(Recorder):
         self.wparts = self.wpack.parts([_flat(p, perm) for p, perm in zip(self.wparams, self.wperms)], self.zeros)
         self.g_dynamic = False
         self._plan([p.grad for p in self.gparams])
+        self._start_theta0(ctx, wparams, rw, width)
+        self._start_trajectory(wparams, rg, width)
+        self._start_results(ctx, rg, rw)
 
+    def _start_theta0(self, ctx: RecordContext, wparams: list, rw: int, width: int) -> None:
+        """theta_0 packed like the weights (when known), and the scratch blocks of the reduction."""
+        dev, dt = self.device, self.dtype
         theta0 = ctx.initial_state() if wparams else None
         self.has_init = theta0 is not None and all(n in theta0 for n in self.wnames)
         if self.has_init:
@@ -201,6 +207,8 @@ class EarlyStatsRecorder(Recorder):
         self.tmp_a = torch.zeros(self.k_max, rw, width, device=dev, dtype=dt)  # w - w0, sign(w), sign change
         self.tmp_b = torch.zeros(self.k_max, rw, width, device=dev, dtype=dt)  # |w|
 
+    def _start_trajectory(self, wparams: list, rg: int, width: int) -> None:
+        """The sampled weights' positions in a snapshot."""
         # trajectory sample: global flat indices over the prunable weights, same for every run of a model
         total = int(sum(self.wpack.numels))
         k = min(self.n_traj, total)
@@ -215,16 +223,18 @@ class EarlyStatsRecorder(Recorder):
             self.traj_layers.append(f"{self.wnames[li]}[{local}]")
             positions.append(int(self.wpack.starts[li]) * width + _position(local, tuple(wparams[li].shape),
                                                                              self.wperms[li]))
-        self.tidx = torch.tensor(positions, dtype=torch.long, device=dev) + rg * width  # into a snapshot
+        self.tidx = torch.tensor(positions, dtype=torch.long, device=self.device) + rg * width  # into a snapshot
 
+    def _start_results(self, ctx: RecordContext, rg: int, rw: int) -> None:
+        """The result buffer, and the start step's snapshot (its weights, no gradient)."""
         # results: one row per step since the last collect
         #   [2-norms of the G and W rows | (2-norms of the W - W0 rows | sign-change counts) | sums |w| | traj]
         self.c_norm = rg + rw
         self.c_init = self.c_norm + (2 * rw if self.has_init else 0)
         self.c_l1 = self.c_init + rw
-        self.n_cols = self.c_l1 + len(positions)
+        self.n_cols = self.c_l1 + len(self.traj_layers)
         self.cap = self._capacity(ctx)
-        self.res = torch.zeros(self.cap, self.n_cols, device=dev, dtype=dt)
+        self.res = torch.zeros(self.cap, self.n_cols, device=self.device, dtype=self.dtype)
         self.j = 0  # result rows written
         self.steps: list[int] = []
         self.gmeta: list = []

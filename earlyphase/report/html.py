@@ -186,7 +186,7 @@ def _page(title: str, body: Iterable[str]) -> str:
 
 
 def _footer(wall_seconds: float | None = None) -> str:
-    from .. import __version__
+    from .._version import __version__
 
     now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     parts = [f"generated {escape(now)}", f"earlyphase {escape(str(__version__))}"]

@@ -22,7 +22,7 @@ def densities(mask: Mask) -> dict[str, float]:
 
 
 def keep_count(n: int, fraction: float, level: int) -> int:
-    """Level L keeps round((1 - fraction)^L * n) (SPEC §0 "level")."""
+    """Level L keeps round((1 - fraction)^L * n) (docs/index.md "Vocabulary")."""
     return int(round((1.0 - fraction) ** level * n))
 
 
@@ -65,23 +65,38 @@ def random_like(mask: Mask, seed: int) -> Mask:
     return out
 
 
-def _run_config(store: Store, rid: str) -> RunConfig:
+def _finished(store: Store, rid: str):
     rd = store.run(rid)
     if not rd.exists() or rd.status()["status"] != "done":
         raise UserError(f"the mask needs run {rid}, which is not finished in {store.root}; "
                         "run the experiment's plan (its parents train first)")
-    return from_dict(RunConfig, rd.spec()["config"])
+    return rd
+
+
+def _run_config(store: Store, rid: str) -> RunConfig:
+    return from_dict(RunConfig, _finished(store, rid).spec()["config"])
 
 
 def level_of(mcfg: MaskConfig | None, store: Store) -> int:
-    """IMP level of a mask: 0 for none, parent level + 1 for magnitude, that of ``like`` for random."""
+    """IMP level of a mask: 0 for none, parent level + 1 for magnitude, that of ``like`` for random.
+    The plan carries it (``mcfg.level``); a hand-written mask is traced through the store."""
     if mcfg is None:
         return 0
     if mcfg.kind == "magnitude":
-        return 1 + level_of(_run_config(store, mcfg.from_run).mask, store)
+        return mcfg.level if mcfg.level is not None else 1 + level_of(_run_config(store, mcfg.from_run).mask, store)
     if mcfg.kind == "random":
         return level_of(mcfg.like, store)
     return 0
+
+
+def _parent_mask(mcfg: MaskConfig, store: Store) -> MaskConfig | None:
+    """The mask ``from_run`` trained under: carried by the plan, else read from the store's record."""
+    return mcfg.parent if mcfg.level is not None else _run_config(store, mcfg.from_run).mask
+
+
+def _key(mcfg: MaskConfig) -> str:
+    """A mask config as canonical JSON, without what the plan derives (level, parent): as it always was."""
+    return canonical_json(to_dict(mcfg, trajectory=True))
 
 
 def resolve_mask(mcfg: MaskConfig, store: Store, shapes: dict[str, torch.Size]) -> Mask:
@@ -93,17 +108,17 @@ def resolve_mask(mcfg: MaskConfig, store: Store, shapes: dict[str, torch.Size]) 
         mask = store.load_mask(mcfg.id)
         _check_fits(mask, shapes, mcfg.id)
         return mask
-    key = hashlib.sha256((canonical_json(to_dict(mcfg)) + canonical_json(sorted(shapes))).encode()).hexdigest()[:16]
+    key = hashlib.sha256((_key(mcfg) + canonical_json(sorted(shapes))).encode()).hexdigest()[:16]
     cached = store.root / "masks" / f"derived-{key}.safetensors"
     if cached.is_file():
         from ..store.checkpoints import load_checkpoint
 
         return load_checkpoint(cached)[0]
     if mcfg.kind == "magnitude":
-        parent = _run_config(store, mcfg.from_run)
-        prev = resolve_mask(parent.mask, store, shapes) if parent.mask else {
+        parent = _parent_mask(mcfg, store)
+        prev = resolve_mask(parent, store, shapes) if parent else {
             n: torch.ones(s, dtype=torch.bool) for n, s in shapes.items()}
-        rd = store.run(mcfg.from_run)
+        rd = _finished(store, mcfg.from_run)
         final = max(rd.checkpoint_steps())
         weights = split_prefix(rd.load(final)[0], "model.")
         missing = [n for n in shapes if n not in weights]
@@ -114,7 +129,7 @@ def resolve_mask(mcfg: MaskConfig, store: Store, shapes: dict[str, torch.Size]) 
         mask = random_like(resolve_mask(mcfg.like, store, shapes), mcfg.seed)
     from ..store.checkpoints import save_checkpoint
 
-    save_checkpoint(cached, mask, {"kind": "mask", "config": canonical_json(to_dict(mcfg))})
+    save_checkpoint(cached, mask, {"kind": "mask", "config": _key(mcfg)})
     return mask
 
 

@@ -1,6 +1,8 @@
 """Checkpoints as safetensors (never pickle): model tensors, optionally optimizer state, a step."""
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import torch
@@ -12,8 +14,28 @@ from .atomic import write_atomic
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically, with its metadata in sorted order, so the same tensors and
+    metadata always give the same bytes (safetensors itself writes metadata in hash-map order)."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    write_atomic(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        save_file(flat, str(tmp), metadata=metadata)
+        _sort_metadata(tmp)
+
+    write_atomic(path, write)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors header in place with its ``__metadata__`` keys sorted (same length)."""
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(raw) <= n:
+            f.seek(8)
+            f.write(raw.ljust(n, b" "))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -70,7 +70,7 @@ def _sql_list(paths: list[Path]) -> str:
 def connect(store: Store, warn: Warn = _quiet) -> duckdb.DuckDBPyConnection:
     """A connection that sees the two views and nothing else, locked before it is returned."""
     con = duckdb.connect(config={"autoload_known_extensions": False, "autoinstall_known_extensions": False})
-    con.register("runs_df", runs_frame(store, warn))
+    con.register("runs_df", pa.Table.from_pandas(runs_frame(store, warn), preserve_index=False))  # Arrow: any pandas dtype
     con.execute("CREATE TEMP TABLE runs_table AS SELECT * FROM runs_df")
     con.unregister("runs_df")
     con.execute("CREATE TEMP VIEW runs AS SELECT * FROM runs_table")

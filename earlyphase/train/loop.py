@@ -117,68 +117,100 @@ class LoopPlan:
     lrs: list[float] = field(default_factory=list)  # lr for steps start..end-1
 
 
+class _Observer:
+    """Evaluation and checkpoints at observation steps (the only host syncs besides progress)."""
+
+    def __init__(self, model: torch.nn.Module, data: Dataset, loss: str, plan: LoopPlan, hooks: LoopHooks,
+                 recorders: list[Recorder], rows: list[Row], eval_train: bool, eval_batch: int) -> None:
+        self.model, self.data, self.loss, self.plan, self.hooks = model, data, loss, plan, hooks
+        self.recorders, self.rows, self.eval_train, self.eval_batch = recorders, rows, eval_train, eval_batch
+        self.last_acc: float | None = None
+
+    def __call__(self, step: int) -> None:
+        model, data, rows = self.model, self.data, self.rows
+        if step in self.plan.evals:
+            loss, acc = evaluate(model, data.x_test, data.y_test, self.loss, self.eval_batch)
+            rows.extend([(step, "loss", "", "test", loss), (step, "accuracy", "", "test", acc)])
+            self.last_acc = acc
+            if self.eval_train:
+                loss, acc = evaluate(model, data.x_train, data.y_train, self.loss, self.eval_batch)
+                rows.extend([(step, "loss", "", "train", loss), (step, "accuracy", "", "train", acc)])
+            for r in self.recorders:
+                rows.extend(r.collect(model, step))
+        if step in self.plan.checkpoints:
+            self.hooks.checkpoint(step)
+
+
+class _Batches:
+    """The batch of step t, gathered into buffers allocated once (the last batch of an epoch may be
+    shorter); full-batch gradient descent uses the data itself."""
+
+    def __init__(self, data: Dataset, order: DataOrder) -> None:
+        self.x, self.y, self.order = data.x_train, data.y_train, order
+        self.whole = not order.shuffle and order.batch == order.n
+        n = 0 if self.whole else order.batch
+        self.x_buf = self.x.new_empty((n, *self.x.shape[1:]))
+        self.y_buf = self.y.new_empty((n, *self.y.shape[1:]))
+
+    def __call__(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        order = self.order
+        window = order.batch_slice(t)
+        if self.whole:
+            xb, yb = self.x, self.y
+        else:
+            idx = order.perm[window]
+            n = window.stop - window.start
+            xb = torch.index_select(self.x, 0, idx, out=self.x_buf[:n])
+            yb = torch.index_select(self.y, 0, idx, out=self.y_buf[:n])
+        if order.augment:
+            xb = crop_flip(xb, order.dx[window], order.dy[window], order.flip[window], pad=order.pad)
+        return xb, yb
+
+
+class _Update:
+    """Backward, the gradient mask, the optimizer step and the weight mask, with fused foreach ops."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, mask: dict[torch.nn.Parameter, torch.Tensor] | None) -> None:
+        self.params = list(mask) if mask else []
+        self.masks = [mask[p] for p in self.params] if mask else []
+        trained = [(p, m) for p, m in zip(self.params, self.masks) if p.requires_grad]  # frozen ones have no grad
+        self.grad_params, self.grad_masks = [p for p, _ in trained], [m for _, m in trained]
+        self.optimized = [p for group in optimizer.param_groups for p in group["params"]]
+        self.step = step_function(optimizer)
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        for p in self.optimized:  # zero_grad(set_to_none=True) without its wrappers; backward writes fresh grads
+            p.grad = None
+        loss.backward()
+        if self.grad_masks:
+            torch._foreach_mul_([p.grad for p in self.grad_params], self.grad_masks)
+        self.step()
+        if self.masks:
+            with torch.no_grad():
+                torch._foreach_mul_(self.params, self.masks)
+
+
 def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, order: DataOrder,
                cfg: TrainConfig, plan: LoopPlan, hooks: LoopHooks, recorders: list[Recorder],
                mask: dict[torch.nn.Parameter, torch.Tensor] | None, rows: list[Row], eval_train: bool,
                eval_batch: int, record_ctx: RecordContext | None = None) -> None:
-    masked_params = list(mask) if mask else []
-    masks = [mask[p] for p in masked_params] if mask else []
-    trained = [(p, m) for p, m in zip(masked_params, masks) if p.requires_grad]  # frozen ones have no grad
-    optimized = [p for group in optimizer.param_groups for p in group["params"]]
-    optimizer_step = step_function(optimizer)
-    grad_masked, grad_masks = [p for p, _ in trained], [m for _, m in trained]
-    x_train, y_train = data.x_train, data.y_train
-    loss_sum = torch.zeros((), device=x_train.device)
+    """Steps plan.start..plan.end: observe, checkpoint and save resume points where the plan says."""
+    update, batches = _Update(optimizer, mask), _Batches(data, order)
+    observe = _Observer(model, data, cfg.loss, plan, hooks, recorders, rows, eval_train, eval_batch)
+    loss_sum = torch.zeros((), device=data.x_train.device)
     loss_count = 0
-    last_acc: float | None = None
-
-    def observe(step: int) -> None:
-        nonlocal last_acc
-        if step in plan.evals:
-            loss, acc = evaluate(model, data.x_test, data.y_test, cfg.loss, eval_batch)
-            rows.extend([(step, "loss", "", "test", loss), (step, "accuracy", "", "test", acc)])
-            last_acc = acc
-            if eval_train:
-                loss, acc = evaluate(model, x_train, y_train, cfg.loss, eval_batch)
-                rows.extend([(step, "loss", "", "train", loss), (step, "accuracy", "", "train", acc)])
-            for r in recorders:
-                rows.extend(r.collect(model, step))
-        if step in plan.checkpoints:
-            hooks.checkpoint(step)
-
     model.train()
     for r in recorders:
         r.start(record_ctx)
     if plan.start not in {int(r[0]) for r in rows if r[1] == "loss"}:
         observe(plan.start)
-    # batches are gathered into buffers allocated once (the last batch of an epoch may be shorter)
-    whole_batch = not order.shuffle and order.batch == order.n
-    x_buf = x_train.new_empty((0 if whole_batch else order.batch, *x_train.shape[1:]))
-    y_buf = y_train.new_empty((0 if whole_batch else order.batch, *y_train.shape[1:]))
     for t in range(plan.start, plan.end):
-        window = order.batch_slice(t)
-        idx = order.perm[window]
-        n = window.stop - window.start
-        if whole_batch:  # full-batch gradient descent: the data itself, no gather
-            xb, yb = x_train, y_train
-        else:
-            xb = torch.index_select(x_train, 0, idx, out=x_buf[:n])
-            yb = torch.index_select(y_train, 0, idx, out=y_buf[:n])
-        if order.augment:
-            xb = crop_flip(xb, order.dx[window], order.dy[window], order.flip[window], pad=order.pad)
+        xb, yb = batches(t)
         lr = plan.lrs[t - plan.start]
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = compute_loss(cfg.loss, model(xb), yb)
-        for p in optimized:  # zero_grad(set_to_none=True) without its wrappers; backward writes fresh grads
-            p.grad = None
-        loss.backward()
-        if grad_masks:
-            torch._foreach_mul_([p.grad for p in grad_masked], grad_masks)
-        optimizer_step()
-        if masks:
-            with torch.no_grad():
-                torch._foreach_mul_(masked_params, masks)
+        update(loss)
         loss_sum.add_(loss.detach())
         loss_count += 1
         step = t + 1
@@ -187,7 +219,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: D
         if step in plan.evals or step in plan.checkpoints:
             observe(step)
         if hooks.progress is not None and plan.progress_every and (step % plan.progress_every == 0 or step == plan.end):
-            hooks.progress(step, loss_sum, loss_count, last_acc)
+            hooks.progress(step, loss_sum, loss_count, observe.last_acc)
             loss_sum.zero_()
             loss_count = 0
         if step % plan.resume_every == 0 and step < plan.end:

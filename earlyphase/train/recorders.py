@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import UserError
+from ..registry import RECORDER_REGISTRY
 from ..store.metrics import Row
 
 
@@ -80,19 +80,16 @@ class LearningRateRecorder(Recorder):
         return [(step, "lr", "", "train", self.lr_fn(step))]
 
 
-RECORDERS: dict[str, Callable[[], Recorder]] = {"grad_norm": GradNormRecorder, "lr": LearningRateRecorder}
+def register_recorder(name: str, factory: Callable[[], Recorder]) -> Callable[[], Recorder]:
+    """``observe.recorders = ["name"]`` then builds ``factory()`` for each run (docs/plugins.md)."""
+    return RECORDER_REGISTRY.register(name, factory)
 
 
-def register_recorder(name: str, factory: Callable[[], Recorder]) -> None:
-    """Let a probe plug in: ``observe.recorders = ["name"]`` then builds it for each run."""
-    RECORDERS[name] = factory
+register_recorder("grad_norm", GradNormRecorder)
+register_recorder("lr", LearningRateRecorder)
 
 
 def build_recorders(names: tuple[str, ...]) -> list[Recorder]:
-    unknown = [n for n in names if n not in RECORDERS]
-    if unknown:  # probes register themselves on import; load them only when asked for
-        import earlyphase.probes.early_stats  # noqa: F401
-        unknown = [n for n in names if n not in RECORDERS]
-    if unknown:
-        raise UserError(f"unknown recorder {unknown[0]!r}; known: {', '.join(sorted(RECORDERS))}")
-    return [RECORDERS[n]() for n in names]
+    """One fresh recorder per name; the package's probes and the plug-ins register theirs, found by the
+    registry on first lookup (this module imports none of them)."""
+    return [RECORDER_REGISTRY.get(n, key="observe.recorders").value() for n in names]
