@@ -276,8 +276,7 @@ def _add_run(sub) -> None:
                        description="Plan an experiment's runs, execute the missing ones, analyze, draw figures, "
                                    "write report.html and check.json. The last line printed is the experiment "
                                    "directory; the exit code is 0 whether or not the check passed.")
-    p.add_argument("experiment", help="rewinding, early_stats, perturbations, pretraining, linear_dynamics "
-                                      "or learning_phases")
+    p.add_argument("experiment", help="an experiment's name; `earlyphase list experiments` lists them")
     p.add_argument("--preset", default="laptop", help="laptop (default) or paper")
     p.add_argument("--config", metavar="FILE.toml", help="experiment config; overrides the preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
