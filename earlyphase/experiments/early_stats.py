@@ -98,7 +98,7 @@ class EarlyStats(ExperimentDef):
     name = "early_stats"
     config_cls = EarlyStatsConfig
     main_figure = "early_phase_statistics"
-    description = ("Early-phase statistics (SPEC §2.3) of one dense run, recorded on the device at every step: "
+    description = ("Early-phase statistics (docs/experiments/early_stats.md) of one dense run, recorded on the device at every step: "
                    "gradient norm, mean |w|, sign changes, distance and cosine to theta_0, a sample of weight "
                    "trajectories; distance and cosine to theta_T from the saved checkpoints (dense schedule).")
 

@@ -1,4 +1,4 @@
-"""SPEC §3: Hu, Xiao, Adlam & Pennington — early training of a network is that of a linear model of its
+"""docs/experiments/linear_dynamics.md: Hu, Xiao, Adlam & Pennington — early training of a network is that of a linear model of its
 inputs. Each trajectory run trains the network with the engine (full-batch gradient descent, square
 loss, per-layer learning rates as ``train.lr_scales``) and the ``linear_dynamics`` recorder
 (``earlyphase.probes.linear_model``) trains the matching linear model beside it and computes the
@@ -6,7 +6,7 @@ empirical NTK at initialization; everything lands in the run's metrics. Why the 
 private simulation: the network's trajectory is then an ordinary run (cached, resumable, queryable)
 and the linear model, a function of that run, is one of its observations.
 
-Runs: the main Gaussian run (the SPEC's laptop setting), optional Gaussian runs with other input
+Runs: the main Gaussian run (the laptop setting), optional Gaussian runs with other input
 spectra, optional binary image tasks with ``fc_ntk``/``cnn_ntk`` (their linear model from the
 least-squares fit of their NTK), and one-step runs that only measure ||Theta - Theta_lin|| / ||Theta_lin||
 at initialization across widths and input dimensions.
@@ -111,7 +111,7 @@ class LinearDynamics(ExperimentDef):
     name = "linear_dynamics"
     config_cls = LinearDynamicsConfig
     main_figure = "gap"
-    description = ("Linear dynamics (SPEC §3): a network and the linear model with the matching kernel, trained side "
+    description = ("Linear dynamics (docs/experiments/linear_dynamics.md): a network and the linear model with the matching kernel, trained side "
                    "by side by full-batch gradient descent on the square loss; their losses, the gap between their "
                    "test outputs, and the empirical NTK at initialization against the linear model's kernel.")
 

@@ -17,7 +17,7 @@ from .rewinding import RewindingConfig, final_rows, imp_chains
 
 
 def perturbations(noise: tuple[float, ...]) -> dict[str, dict]:
-    """Every perturbation of SPEC §2.4 by name -> PerturbConfig fields."""
+    """Every perturbation of docs/experiments/perturbations.md by name -> PerturbConfig fields."""
     out: dict[str, dict] = {
         "signs k, magnitudes 0": {"kind": "sign_k_mag_0"},
         "signs k, magnitudes fresh": {"kind": "sign_k_mag_fresh"},

@@ -119,7 +119,7 @@ def final_rows(plan: Plan, store: Store) -> pd.DataFrame:
 
 
 def matching(results: pd.DataFrame) -> tuple[float, float]:
-    """The dense mean and the matching threshold: mean minus one sample std (SPEC §0)."""
+    """The dense mean and the matching threshold: mean minus one sample std (docs/experiments/rewinding.md)."""
     dense = results[results.control == "dense"].test_accuracy
     std = float(dense.std(ddof=1)) if len(dense) >= 2 else float("nan")
     return float(dense.mean()), float(dense.mean()) - (std if np.isfinite(std) else 0.0)

@@ -1,4 +1,4 @@
-"""Frozen activations of named layers (SPEC §4.1 step 1): computed in eval mode with forward hooks and
+"""Frozen activations of named layers (docs/experiments/learning_phases.md): computed in eval mode with forward hooks and
 streamed in chunks, so a probe over 50000 CIFAR images never holds more than one chunk of them."""
 from __future__ import annotations
 

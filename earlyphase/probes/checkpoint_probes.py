@@ -1,4 +1,4 @@
-"""Closed-form probes over many checkpoints and layers at once (SPEC §4.1-4.3): per checkpoint one
+"""Closed-form probes over many checkpoints and layers at once (docs/experiments/learning_phases.md): per checkpoint one
 streamed pass over the training set accumulates, for every probed layer, the sums a ridge fit needs
 for three groups of targets — the normalized input (reconstruction), the source labels one-hot and
 the transfer target's labels one-hot (linear probes). The fits of one layer at all pending

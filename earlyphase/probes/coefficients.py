@@ -1,4 +1,4 @@
-"""The linear model's coefficients (SPEC §3.2) for any activation, from phi alone.
+"""The linear model's coefficients (docs/experiments/linear_dynamics.md) for any activation, from phi alone.
 
 With g ~ N(0, 1): zeta = E[phi'(g)], E[phi''(g)] and E[phi(g)]. Stein's identities move the
 derivatives onto the Gaussian density, zeta = E[g phi(g)] and E[phi''(g)] = E[(g^2 - 1) phi(g)], so

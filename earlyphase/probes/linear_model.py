@@ -1,4 +1,4 @@
-"""The linear model of early training (SPEC §3.2-§3.4), trained side by side with the network.
+"""The linear model of early training (docs/experiments/linear_dynamics.md), trained side by side with the network.
 
 Why a recorder: the linear model is a function of what the run already determines (its data, its
 network at initialization, its learning rates), so it observes the run rather than defining it. It
@@ -7,14 +7,14 @@ land in the run's metrics table: stored with the run, cached, queryable, and nev
 trajectory that could drift from the network's.
 
 The linear model's kernel is K(x, x') = a <x, x'>/d + b + c [x = x' in the training set]:
-- ``two_layer``: a, b from SPEC §3.2 (zeta, nu1, nu2 of the activation, tr(Sigma^2), and mean(v_r^2) of
+- ``two_layer``: a, b from docs/experiments/linear_dynamics.md (zeta, nu1, nu2 of the activation, tr(Sigma^2), and mean(v_r^2) of
   the network's actual second layer for the first-layer kernel), weighted by the per-layer learning
   rate factors: first layer ``eta1 K1``, second ``eta2 K2``, both their sum; c = 0.
 - any other network: a least-squares fit of its empirical NTK at initialization onto
   {X X^T/d, 1 1^T, I} (the identity absorbs the diagonal excess), with the off-diagonal residual.
 Gradient descent on (1/2n) sum (f - y)^2 in function space, f <- f - (lr/n) K (f - y), costs O(n d)
 per step through K's low-rank form. It starts from the network's own outputs at initialization (0 with
-the symmetric initialization; otherwise this is the "fit y - f0" variant of SPEC §3.1).
+the symmetric initialization; otherwise this is the "fit y - f0" variant of docs/experiments/linear_dynamics.md).
 
 ``observe.recorders = ["linear_dynamics"]`` records, all at evaluation steps:
 
@@ -78,7 +78,7 @@ def trace_sigma2(x: torch.Tensor) -> float:
 
 
 def two_layer_kernel(model: torch.nn.Module, activation: str, scales: dict[str, float], tr_sigma2: float) -> LinearKernel:
-    """SPEC §3.2: eta1 mean(v^2) psi1.psi1' + eta2 psi2.psi2'."""
+    """docs/experiments/linear_dynamics.md: eta1 mean(v^2) psi1.psi1' + eta2 psi2.psi2'."""
     mo = moments(activation)
     d = model.d
     mv2 = float(model.v.detach().double().pow(2).mean())
@@ -150,7 +150,7 @@ def _scales(model: torch.nn.Module, lr_scales: tuple[float, ...]) -> dict[str, f
 
 
 def _tr_sigma2(cfg, data) -> float:
-    """Known for gaussian data (its spectrum), else estimated from the training inputs (SPEC §3.4)."""
+    """Known for gaussian data (its spectrum), else estimated from the training inputs (docs/experiments/linear_dynamics.md)."""
     if cfg.data.name == "gaussian":
         from ..data.gaussian import eigenvalues
 

@@ -1,4 +1,4 @@
-"""Linear probes: how well a layer's frozen activations predict a label (SPEC §4.1 step 3, §4.3).
+"""Linear probes: how well a layer's frozen activations predict a label (docs/experiments/learning_phases.md).
 
 The default, ridge regression on one-hot targets in closed form, is streamed with the
 reconstruction (:mod:`.checkpoint_probes`). The iterative probes here work on activations held in
@@ -79,7 +79,7 @@ def sgd_probe(a_train: torch.Tensor, y_train: torch.Tensor, a_test: torch.Tensor
 def fine_tune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
               y_test: torch.Tensor, num_classes: int, *, steps: int, lr: float, batch: int = 128,
               seed: int = 0) -> float:
-    """SPEC §4.3 option: replace the output layer with a fresh one for the target classes and train the
+    """An option (docs/experiments/learning_phases.md): replace the output layer with a fresh one for the target classes and train the
     whole network for a fixed budget of ``steps`` (SGD, momentum 0.9); the target test accuracy."""
     import copy
 

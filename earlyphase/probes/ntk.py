@@ -1,5 +1,5 @@
 """The empirical NTK Theta(x_i, x_j) = sum_p s_p <df(x_i)/dp, df(x_j)/dp> of a scalar-output network
-(SPEC §3.3), computed from structured Grams instead of per-sample Jacobians.
+(docs/experiments/linear_dynamics.md), computed from structured Grams instead of per-sample Jacobians.
 
 Why structured: for a layer y = s W a, the per-sample weight gradient is s g a^T (g = df/dy), so the
 Gram of those gradients over samples is s^2 (G G^T) ⊙ (A A^T): O(n^2 (in + out)) instead of

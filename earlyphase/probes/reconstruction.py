@@ -1,4 +1,4 @@
-"""Decoders from a layer's frozen activations back to the normalized input (SPEC §4.1 step 2).
+"""Decoders from a layer's frozen activations back to the normalized input (docs/experiments/learning_phases.md).
 
 The default is the closed-form linear decoder (ridge, :mod:`.ridge`, driven by
 :mod:`.checkpoint_probes`): it is the optimum that the paper's 20 epochs of Adam approach, at a

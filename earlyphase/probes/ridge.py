@@ -1,4 +1,4 @@
-"""Ridge regression in closed form from streamed sufficient statistics (SPEC §4.1, *ours*).
+"""Ridge regression in closed form from streamed sufficient statistics (docs/experiments/learning_phases.md, *ours*).
 
 A linear map from activations X (n x p) to targets Y (n x q) needs only the sums
 n, Σx, Σy, XᵀX, XᵀY and Σy² — so the activations are accumulated chunk by chunk and never held
