@@ -14,6 +14,7 @@ from earlyphase.data import load_dataset, prototypes
 from earlyphase.experiments.prototypes import Prototypes, grid_table, phase_rows
 from earlyphase.experiments.runner import load_experiment_config
 from earlyphase.store import Store
+from user_errors import assert_rejected
 
 TINY = ['run.train.steps="64it"', "run.data.n_train=300", "run.data.n_test=200", "alignments=[0.2, 1.0]",
         "fractions=[0.1]"]
@@ -92,16 +93,5 @@ def test_tiny_grid_end_to_end(tiny):
     (["run.model.widths=[10]"], ["single-layer softmax network"]),
     (["run.data.atypical_alignment=-1"], ["data.atypical_alignment must be >= 0"]),
 ])
-def test_bad_input_is_one_line_exit_2(ep, tmp_path, snapshot, extra, words):
-    argv = ["run", "prototypes", "--store", tmp_path / "s", "--quiet"]
-    for o in TINY + extra:
-        argv += ["--set", o]
-    Store(tmp_path / "s")
-    before = snapshot(tmp_path / "s")
-    res = ep(*argv)
-    assert res.code == 2
-    line = res.err.strip()
-    assert "\n" not in line and line.startswith("error:")
-    for w in words:
-        assert w in line, line
-    assert snapshot(tmp_path / "s") == before
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, snapshot, extra, words):
+    assert_rejected("prototypes", TINY + extra, words, tmp_path / "s", capsys, snapshot)

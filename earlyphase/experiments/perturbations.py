@@ -104,7 +104,7 @@ def perturbation_tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def _effective_std_figure(cfg: PerturbationsConfig, tables: dict[str, pd.DataFrame], directory: Path) -> list[Path]:
     """At the sparsest level: accuracy against effective std, noise as a curve from theta_k (0), the
     other perturbations as points, rewinding to k and to 0 as lines."""
-    from ..report import band, new_figure, save_figure
+    from ..report import band, new_figure, reference_lines, save_figure
 
     summary = tables["summary"]
     level = max(cfg.levels)
@@ -118,12 +118,7 @@ def _effective_std_figure(cfg: PerturbationsConfig, tables: dict[str, pd.DataFra
         marker, color = markers["permute" if row.control.startswith("permute") else "signs"]
         ax.errorbar(row.effective_std, row.mean, yerr=row.std, fmt=marker, color=color, ms=4, capsize=2)
         ax.annotate(row.control, (row.effective_std, row.mean), fontsize=5, xytext=(3, 2), textcoords="offset points")
-    for control, color in ((f"rewind to k={cfg.k}", "black"), ("rewind to k=0it", "grey")):
-        r = at[at.control == control]
-        if len(r):
-            m, sd = float(r["mean"].iloc[0]), float(np.nan_to_num(r["std"].iloc[0]))
-            ax.axhline(m, color=color, lw=1, label=control)
-            ax.axhspan(m - sd, m + sd, color=color, alpha=0.08)
+    reference_lines(ax, at, ((f"rewind to k={cfg.k}", "black"), ("rewind to k=0it", "grey")))
     ax.set_xlabel("effective std, std(θ_perturbed − θk) over surviving weights")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"Level {level} ({float(at.density.mean()):.1%}): noise (curve), permutations (squares), "

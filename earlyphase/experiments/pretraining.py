@@ -198,7 +198,7 @@ class Pretraining(ExperimentDef):
         return pd.DataFrame(out)
 
     def figures(self, cfg: PretrainingConfig, tables: dict[str, pd.DataFrame], directory: Path) -> list[Path]:
-        from ..report import band, new_figure, save_figure
+        from ..report import band, new_figure, reference_lines, save_figure
 
         summary = tables["summary"]
         fig, axes = new_figure(ncols=len(cfg.levels), width=5, height=4)
@@ -209,12 +209,7 @@ class Pretraining(ExperimentDef):
                 g = g.sort_values("duration_steps")
                 band(ax, g.duration_steps.values, g["mean"].values, g["std"].values, label=control,
                      dashed=control.startswith("sparse"))
-            for control, color in ((f"rewind to k={cfg.k}", "black"), ("rewind to k=0it", "grey")):
-                ref = at[at.control == control]
-                if len(ref):
-                    m, s = float(ref["mean"].iloc[0]), float(np.nan_to_num(ref["std"].iloc[0]))
-                    ax.axhline(m, color=color, lw=1, label=control)
-                    ax.axhspan(m - s, m + s, color=color, alpha=0.08)
+            reference_lines(ax, at, ((f"rewind to k={cfg.k}", "black"), ("rewind to k=0it", "grey")))
             ax.set_xscale("log")
             ax.set_xlabel("pre-training steps")
             ax.set_ylabel("test accuracy")

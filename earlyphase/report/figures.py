@@ -68,6 +68,17 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0,
     return fig, axes
 
 
+def reference_lines(ax: Axes, table: "pd.DataFrame", controls: Sequence[tuple[str, str]]) -> None:
+    """A horizontal line at each named control's mean (``table`` rows with columns control, mean, std),
+    with its +-std band: the baselines a perturbed or pre-trained curve is read against."""
+    for control, color in controls:
+        row = table[table.control == control]
+        if len(row):
+            m, sd = float(row["mean"].iloc[0]), float(np.nan_to_num(row["std"].iloc[0]))
+            ax.axhline(m, color=color, lw=1, label=control)
+            ax.axhspan(m - sd, m + sd, color=color, alpha=0.08)
+
+
 def band(ax: Axes, x: Sequence[float] | np.ndarray, mean: Sequence[float] | np.ndarray,
          std: Sequence[float] | np.ndarray | None, *, label: str | None, color: str | None = None,
          dashed: bool = False, marker: str | None = "o") -> Line2D:
