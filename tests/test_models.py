@@ -9,7 +9,8 @@ from torch import nn
 
 from earlyphase.config import ModelConfig
 from earlyphase.errors import UserError
-from earlyphase.models import MODELS, activation_fn, build_model, init_weights, prunable_names
+from earlyphase.registry import BUILTIN, MODEL_REGISTRY
+from earlyphase.models import activation_fn, build_model, init_weights, prunable_names
 
 CIFAR = (3, 32, 32)
 DIGITS = (1, 8, 8)
@@ -45,7 +46,7 @@ def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [e.name for e in MODEL_REGISTRY.entries() if e.origin == BUILTIN])
 def test_count_output_shape_and_output_layer(name: str) -> None:
     model = build(name)
     assert count(model) == COUNTS[name]

@@ -52,11 +52,9 @@ for _name, _module, _generated, _example in (
         ("fashion_mnist", idx, False, {})):
     register_dataset(_name, _module.load, info=_module.info, generated=_generated, example=_example)
 
-# the names of the package's own datasets (old path; the registry also holds plug-ins' datasets)
-DATASETS: list[str] = ["mnist1d", "digits", "gaussian", "prototypes", "cifar10", "mnist", "fashion_mnist"]
 TASKS = ("classify", "rotation", "color_dominance", "energy_half")
 
-__all__ = ["DATASETS", "Dataset", "DatasetInfo", "load_dataset", "dataset_info", "register_dataset", "clear_cache",
+__all__ = ["Dataset", "DatasetInfo", "load_dataset", "dataset_info", "register_dataset", "clear_cache",
            "crop_flip", "draw_crop_flip"]
 
 

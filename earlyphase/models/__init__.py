@@ -42,10 +42,9 @@ _BUILDERS: dict[str, tuple[Builder, tuple[int, ...]]] = {
     "fc_ntk": (build_fc_ntk, CIFAR),
     "cnn_ntk": (build_cnn_ntk, CIFAR),
 }
-MODELS: list[str] = list(_BUILDERS)  # the package's own models (old path; the registry also holds plug-ins')
 NORM_FREE = ("vgg8_phases",)  # models that take model.norm = "none"
 
-__all__ = ["MODELS", "TwoLayer", "activation_fn", "build_model", "init_weights", "prunable_names", "register_model"]
+__all__ = ["TwoLayer", "activation_fn", "build_model", "init_weights", "prunable_names", "register_model"]
 
 
 def register_model(name: str, build: Builder, *, example_input: tuple[int, ...] = (1, 40)) -> Builder:

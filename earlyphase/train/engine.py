@@ -30,7 +30,6 @@ from .resume import model_tensors, restore, resume_payload
 from .schedules import RunSchedule, lr_at, run_schedule
 from .start import StartState, initial_state_fn, resolve_start
 
-RunPlan = RunSchedule  # old name (experiments/runner.py used it)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,4 +139,4 @@ class _Session:
                        cfg.observe.eval_train, cfg.observe.eval_batch, ctx)
 
 
-__all__ = ["execute", "stored_complete", "train_one", "WORK", "resolve_device", "RunSchedule", "RunPlan"]
+__all__ = ["execute", "stored_complete", "train_one", "WORK", "resolve_device", "RunSchedule"]
