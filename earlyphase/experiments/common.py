@@ -15,8 +15,9 @@ from ..config import RunConfig, canonical_json
 from ..data import Dataset, load_dataset
 from ..models import build_model
 from ..errors import UserError
-from ..steps import parse_step, steps_per_epoch
+from ..steps import parse_step
 from ..store import Store, load_model_state
+from ..train.schedules import run_schedule
 from ..store.checkpoints import split_prefix
 from ..store.atomic import write_bytes_atomic
 
@@ -24,10 +25,9 @@ from ..store.atomic import write_bytes_atomic
 def iterations(run: RunConfig, steps: Iterable[str], what: str) -> tuple[dict[str, int], int]:
     """Each step string in iterations of ``run``'s data, and its training length T; a step beyond
     T is a UserError naming ``what`` (the config key)."""
-    data = load_dataset(run.data)
-    spe = steps_per_epoch(data.n_train, data.n_train if run.train.full_batch else run.train.batch_size)
-    total = parse_step(run.train.steps).to_iterations(spe)
-    out = {s: parse_step(s).to_iterations(spe) for s in steps}
+    schedule = run_schedule(run)  # sizes from the dataset's metadata: nothing is loaded
+    total = schedule.total
+    out = {s: parse_step(s).to_iterations(schedule.spe) for s in steps}
     for s, it in out.items():
         if it > total:
             raise UserError(f"{what}: step {s} ({it} steps) is beyond the training length {total}; "

@@ -23,7 +23,7 @@ from ..steps import parse_step, steps_per_epoch
 from ..store import Store
 from ..store.atomic import write_bytes_atomic
 from ..threads import pinned_threads
-from ..train.schedules import checkpoint_steps
+from ..train.schedules import run_schedule
 from .base import Check, ExperimentDef, Plan
 from .phases_verdict import learning_phases_check
 
@@ -95,9 +95,7 @@ def networks(cfg: LearningPhasesConfig, model: torch.nn.Module) -> list[str]:
 
 def probe_steps(run: RunConfig, n_train: int) -> list[int]:
     """The checkpoint steps the probes read; a schedule with fewer than two is a UserError."""
-    spe = steps_per_epoch(n_train, n_train if run.train.full_batch else run.train.batch_size)
-    total = parse_step(run.train.steps).to_iterations(spe)
-    steps = checkpoint_steps(run.observe.checkpoints, run.observe.schedule, total, spe)
+    steps = run_schedule(run, n_train).checkpoints
     if len(steps) < 2 or (run.observe.schedule == "none" and not run.observe.checkpoints):
         raise UserError(f"the checkpoint schedule has no steps to probe (run.observe.schedule = "
                         f"{run.observe.schedule!r}, run.observe.checkpoints = {list(run.observe.checkpoints)}); "

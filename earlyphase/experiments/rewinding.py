@@ -10,11 +10,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import MaskConfig, RunConfig, _check
-from ..data import load_dataset
-from ..errors import UserError
-from ..steps import parse_step, steps_per_epoch
+from ..steps import parse_step
 from ..store import Store
 from .base import Check, ExperimentDef, Plan
+from .common import iterations
 
 CLAIMS = ("margin", "matching")
 FAN_OUT_NOTE = ("Initialization: this run config draws conv/linear weights Kaiming normal from the fan-out "
@@ -65,16 +64,7 @@ class RewindingConfig:
 
 def rewind_iterations(cfg: RewindingConfig) -> tuple[dict[str, int], int]:
     """Each rewind point in iterations, and the training length; a k beyond T is an error."""
-    data = load_dataset(cfg.run.data)
-    batch = data.n_train if cfg.run.train.full_batch else cfg.run.train.batch_size
-    spe = steps_per_epoch(data.n_train, batch)
-    total = parse_step(cfg.run.train.steps).to_iterations(spe)
-    ks = {k: parse_step(k).to_iterations(spe) for k in cfg.rewind}
-    for k, it in ks.items():
-        if it > total:
-            raise UserError(f"rewind point {k} ({it} steps) is beyond the training length {total}; "
-                            "drop it or lengthen run.train.steps")
-    return ks, total
+    return iterations(cfg.run, cfg.rewind, "rewind")
 
 
 def imp_chains(cfg: RewindingConfig, plan: Plan, *, controls: bool = True) -> dict[tuple[int, str, int], str]:
