@@ -91,3 +91,25 @@ def test_another_spec_under_the_same_id_is_refused(tmp_path):
         pass
     with pytest.raises(UserError, match="different spec"), RunWriter.open(rd, {**SPEC, "config": {"seed": 1}}):
         pass
+
+
+def test_a_spec_from_an_earlier_version_without_later_fields_is_the_same_run(tmp_path):
+    """A store written before a config field existed (at its default, so the id is unchanged) is
+    continued, not refused; a real difference still is."""
+    from earlyphase.config import RunConfig, run_id, to_dict
+
+    cfg = RunConfig()
+    full = to_dict(cfg, trajectory=True)
+    older = json.loads(json.dumps(full))
+    del older["model"]["init_std"], older["model"]["norm"]  # fields added later, at their defaults
+    rd = Store(tmp_path).run(run_id(cfg))
+    with RunWriter.open(rd, {"kind": "train", "run_id": rd.id, "config": older}):
+        pass
+    with RunWriter.open(rd, {"kind": "train", "run_id": rd.id, "config": full}):
+        pass
+    assert json.loads((rd.path / "spec.json").read_text())["config"] == older  # left as it was
+    other = json.loads(json.dumps(full))
+    other["train"]["lr"] = 0.5
+    with pytest.raises(UserError, match="different spec"), \
+            RunWriter.open(rd, {"kind": "train", "run_id": rd.id, "config": other}):
+        pass

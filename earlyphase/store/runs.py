@@ -118,6 +118,22 @@ def exclusive(lock_file: Path, *, wait: bool = True) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def same_run(stored: dict, new: dict) -> bool:
+    """Whether a stored spec describes the run ``new`` does. A spec written by an earlier version
+    lacks the fields added since (at their defaults, so the run id is unchanged): it is the same run
+    when its config hashes to the same id, and the stored file is left as it was."""
+    if stored == new:
+        return True
+    if stored.get("kind") != new.get("kind") or "config" not in stored or "config" not in new:
+        return False
+    from ..config import RunConfig, from_dict, run_id
+
+    try:
+        return run_id(from_dict(RunConfig, stored["config"])) == run_id(from_dict(RunConfig, new["config"]))
+    except (UserError, TypeError, ValueError):
+        return False
+
+
 class RunDir:
     """One run's directory: spec, status, provenance, checkpoints, metrics."""
 
@@ -158,7 +174,7 @@ class RunDir:
 
     def write_spec(self, spec: dict) -> None:
         if self.exists():
-            if self.spec() != spec:
+            if not same_run(self.spec(), spec):
                 raise UserError(f"run {self.id} already holds a different spec; the store is inconsistent")
             return
         write_bytes_atomic(self.path / "spec.json", (json.dumps(spec, indent=2, sort_keys=True) + "\n").encode())
