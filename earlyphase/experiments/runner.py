@@ -178,15 +178,17 @@ def run_experiment(name: str, *, preset: str = "laptop", config: str | Path | di
         first = next(iter(report.failed.items()), (None, None))
         raise RunsFailed(f"{len(report.failed)} runs failed and {len(report.blocked)} could not start"
                          f" (first: {first[0]}: {first[1]}); fix the cause and run again with --retry-failed")
-    return finish(exp, cfg, plan, st, directory, preset=preset, wall_seconds=time.time() - t0)
+    return finish(exp, cfg, plan, st, directory, preset=preset, started=t0)
 
 
 def finish(exp: ExperimentDef, cfg: Any, plan: Plan, store: Store, directory: Path, *, preset: str,
-           wall_seconds: float) -> Experiment:
+           started: float | None = None, prior_wall: float = 0.0) -> Experiment:
     """Analyze the stored runs, then write tables, figures, check.json and report.html, each file
     atomically, under the experiment directory's lock (two identical commands write one at a time,
-    and a writer killed earlier leaves temporaries that are removed here)."""
+    and a writer killed earlier leaves temporaries that are removed here). The wall time recorded
+    runs from ``started`` (training and analysis), or is the ``prior_wall`` of a redraw."""
     tables = exp.analyze(cfg, plan, store)
+    wall_seconds = time.time() - started if started is not None else prior_wall
     with exclusive(directory / ".lock"):
         remove_stale_temporaries(directory)
         return _write_results(exp, cfg, plan, directory, tables, preset=preset, wall_seconds=wall_seconds)
@@ -234,7 +236,7 @@ def redraw(directory: str | Path, store: str | Path | Store | None = None) -> Ex
                         f"(e.g. {missing[0]}); run `earlyphase run {exp.name}` first")
     prior = json.loads((directory / "check.json").read_text()).get("wall_seconds", 0.0) \
         if (directory / "check.json").is_file() else 0.0
-    return finish(exp, cfg, plan, st, directory, preset=meta.get("preset", "?"), wall_seconds=prior)
+    return finish(exp, cfg, plan, st, directory, preset=meta.get("preset", "?"), prior_wall=prior)
 
 
 _register_builtins()
