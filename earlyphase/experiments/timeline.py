@@ -142,6 +142,10 @@ class Timeline(ExperimentDef):
             plan.dense[s] = plan.add(dense_run(cfg.subspace(), s) if pow2 else base, part="dense", kind="dense", seed=s)
         plan.notes.append(f"Lenses: {', '.join(cfg.lenses)}; learning-rate drops at {plan.drops}; the chosen level "
                           f"{cfg.level}.")
+        if "linearization" in want:
+            plan.notes.append("The linearization lens trains each seed's network beside its Taylor model at analysis "
+                              "time (cached beside the dense run): about 3-4 times a dense run's training per seed, "
+                              "not counted in a dry run's estimate.")
         return plan
 
     def analyze(self, cfg: TimelineConfig, plan: TimelinePlan, store: Store) -> dict[str, pd.DataFrame]:
