@@ -210,3 +210,18 @@ def test_a_second_run_trains_nothing_and_reads_the_caches(stored, monkeypatch):
     monkeypatch.setattr(learning_phases, "_probe", boom)
     again = earlyphase.run("timeline", overrides=TINY, seeds=2, store=store)
     pd.testing.assert_frame_equal(again.results, exp.results)
+
+
+def test_paper_preset_plans_the_instability_paper_presets_chains(tmp_path):
+    from earlyphase.experiments.instability import Instability
+    from test_experiments import _write_fake_cifar
+
+    _write_fake_cifar(tmp_path / "cifar")
+    over = [f'run.data.root="{tmp_path / "cifar"}"', 'run.train.steps="4000it"']
+    store = Store(tmp_path / "s")
+    t = load_experiment_config(Timeline(), preset="paper", overrides=[*over, 'lenses=["lottery", "stability"]'], seeds=1)
+    i = load_experiment_config(Instability(), preset="paper", overrides=over, seeds=1)
+    assert t.level == 8 and t.run.model.name == "resnet_cifar_20" and t.bn == "reestimate"
+    tp, ip = Timeline().plan(t, store), Instability().plan(i, store)
+    imp = {rid for rid, labels in tp.labels.items() if labels.get("kind") == "imp"}
+    assert len(imp) == 10 * 8 and imp <= set(ip.graph)  # 10 rewind points, levels 1-8: the same chains
