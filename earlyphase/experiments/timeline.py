@@ -134,12 +134,12 @@ class Timeline(ExperimentDef):
             _include(plan, "gradient_subspace", GradientSubspace(), cfg.subspace(), store)
         if "critical_period" in want:
             _include(plan, "critical_period", CriticalPeriod(), cfg.critical(), store)
+        pow2 = bool(want & {"gradient_subspace", "reconstruction"})  # checkpoints at 0 and 2^i
         for s in range(cfg.seeds):
-            base = cfg.run.replace(seed=s, data_seed=s)
             if "early_stats" in want:
                 plan.add(stats_run(cfg.early_stats(s)), part="early_stats", kind="dense", seed=s)
-            pow2 = want & {"gradient_subspace", "reconstruction"}
-            plan.dense[s] = plan.add(dense_run(cfg.subspace(), s) if pow2 else base, part="dense", kind="dense", seed=s)
+            dense = dense_run(cfg.subspace(), s) if pow2 else cfg.run.replace(seed=s, data_seed=s)
+            plan.dense[s] = plan.add(dense, part="dense", kind="dense", seed=s)
         plan.notes.append(f"Lenses: {', '.join(cfg.lenses)}; learning-rate drops at {plan.drops}; the chosen level "
                           f"{cfg.level}.")
         if "linearization" in want:
