@@ -1,8 +1,9 @@
 """``earlyphase demo``: a set of laptop experiments on the embedded data, then index.html with each
 experiment's main figure beside its verdict.
 
-The headline set is one experiment per paper plus the perturbations of the rewound weights; ``--all``
-runs every registered experiment. The training time is estimated (over the union of the
+The headline set is one experiment per paper plus the perturbations of the rewound weights, then the
+early-phase timeline (run last, so it finds the runs it shares with the others; shown first on the
+index page, since it puts every lens on one axis); ``--all`` runs every registered experiment. The training time is estimated (over the union of the
 experiments' plans, so shared runs count once) and printed before anything starts."""
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Callable, TextIO
 from .errors import UserError
 from .store import Store
 
-HEADLINE = ("rewinding", "perturbations", "linear_dynamics", "learning_phases")
+HEADLINE = ("rewinding", "perturbations", "linear_dynamics", "learning_phases", "timeline")
+FIRST_ON_INDEX = ("timeline",)  # shown first on index.html whatever the order the experiments ran in
 
 
 def demo_names(everything: bool, only: list[str] | None = None) -> list[str]:
@@ -60,4 +62,5 @@ def run_demo(names: list[str], store: Store, *, workers: int, progress: bool, lo
         on_result(name, exp.check)
         entries.append({"name": name, "report": exp.report_path, "check": exp.check,
                         "wall_seconds": exp.check.get("wall_seconds"), "figure": exp.main_figure})
+    entries.sort(key=lambda e: e["name"] not in FIRST_ON_INDEX)  # stable: the rest keep their order
     return write_index(store.root / "index.html", entries)

@@ -23,6 +23,23 @@ def test_headline_is_one_experiment_per_paper_plus_perturbations_and_all_is_ever
         demo_names(False, ["nope"])
 
 
+def test_the_timeline_runs_last_in_the_headline_and_its_figure_comes_first_on_the_index(tmp_path, monkeypatch):
+    assert HEADLINE[-1] == "timeline"
+    store = Store(tmp_path / "s")
+    calls: list[str] = []
+
+    def fake_run(name, **kw):
+        calls.append(name)
+        return _FakeExperiment(store.root / "experiments" / name, name, None)
+
+    monkeypatch.setattr("earlyphase.demo.estimate", lambda names, st, workers: (60.0, 1, 2))
+    monkeypatch.setattr("earlyphase.experiments.run_experiment", fake_run)
+    text = run_demo(["a", "timeline", "b"], store, workers=1, progress=False, log=io.StringIO()).read_text()
+    assert calls == ["a", "timeline", "b"]
+    cards = [text.index(f'src="experiments/{n}/main.png"') for n in ("timeline", "a", "b")]
+    assert cards == sorted(cards)
+
+
 def test_estimate_counts_shared_runs_once(tmp_path):
     store = Store(tmp_path / "s")
     seconds, pending, total = estimate(["rewinding", "perturbations"], store, workers=2)

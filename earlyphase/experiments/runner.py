@@ -28,7 +28,7 @@ class RunsFailed(Exception):
 
 # The package's experiment modules in demo order; each defines one ExperimentDef subclass.
 MODULES = ("rewinding", "rewinding_robustness", "early_stats", "perturbations", "pretraining", "linear_dynamics",
-           "learning_phases", "prototypes", "instability", "gradient_subspace", "critical_period")
+           "learning_phases", "prototypes", "instability", "gradient_subspace", "critical_period", "timeline")
 
 
 def register_experiment(definition: type[ExperimentDef] | ExperimentDef) -> ExperimentDef:
