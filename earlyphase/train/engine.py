@@ -60,7 +60,7 @@ def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> Ru
         return rd
     device = resolve_device(cfg.observe.device)
     with pinned_threads(cfg.observe.threads):
-        data = load_dataset(cfg.data).to(device)
+        data = load_dataset(cfg.data, device)
         session = _Session(cfg, store, data, run_schedule(cfg, data.n_train), device, progress)
         start: StartState | None = session.start()
         with RunWriter.open(rd, {"kind": "train", "run_id": rd.id, "config": to_dict(cfg, trajectory=True)}) as w:
