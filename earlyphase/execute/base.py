@@ -31,10 +31,42 @@ class ExecutionReport:
 class Work:
     """What the scheduler does with a run, as module-level functions (they travel by reference to
     pool and Ray workers): ``train(cfg, store)`` trains it (raising on failure); ``complete(cfg, store)``
-    says, cheaply, whether the store already holds it with everything it asks for."""
+    says, cheaply, whether the store already holds it with everything it asks for. For batched runs
+    (``--batch-runs``): ``batch_key(cfg)`` names the runs that can train as one batched model (None:
+    none can), and ``train_group(cfgs, store)`` trains such a group (or says why it trained them singly)."""
 
     train: Callable[[RunConfig, Store], Any]
     complete: Callable[[RunConfig, Store], bool]
+    batch_key: Callable[[RunConfig], str | None] | None = None
+    train_group: Callable[[list[RunConfig], Store], Any] | None = None
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    """How every run of a sweep is executed, without changing any run's id: the device (None: each
+    run's own ``observe.device``), deterministic kernels, and up to ``batch_runs`` runs trained as
+    one batched model (1: each alone, the default)."""
+
+    device: str | None = None
+    deterministic: bool = False
+    batch_runs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.batch_runs < 1:
+            raise UserError(f"--batch-runs must be >= 1 (1 = each run alone), got {self.batch_runs}")
+        if self.device is not None:
+            from ..train.engine import resolve_device
+
+            resolve_device(self.device)  # a bad or unavailable device is one line, before anything runs
+
+    def apply(self, cfg: RunConfig) -> RunConfig:
+        changes = {**({"device": self.device} if self.device else {}),
+                   **({"deterministic": True} if self.deterministic else {})}
+        return cfg.replace(observe=dataclasses.replace(cfg.observe, **changes)) if changes else cfg
+
+    @property
+    def cuda(self) -> bool:
+        return bool(self.device) and self.device.startswith("cuda")
 
 
 def default_work() -> Work:
@@ -70,17 +102,27 @@ def run_one(train: Callable[[RunConfig, Store], Any], cfg_data: dict, store_root
             entries: list | tuple = ()) -> tuple[str, str | None]:
     """Train one run in whatever process this is; returns (run id, error or None). ``entries``: the
     parent's run-time registrations (unpickling them imported their modules); plug-ins load here."""
+    return run_job(train, None, [cfg_data], store_root, entries)[0]
+
+
+def run_job(train: Callable[[RunConfig, Store], Any], train_group: Callable | None, cfg_datas: list[dict],
+            store_root: str, entries: list | tuple = ()) -> list[tuple[str, str | None]]:
+    """Train one run, or a group of runs with ``train_group``; (run id, error or None) for each (a
+    group's error is every member's: the engine has marked each of them failed)."""
     install_entries(list(entries))
     load_plugins()
-    cfg = decode(cfg_data)
-    rid = run_id(cfg)
+    cfgs = [decode(d) for d in cfg_datas]
+    rids = [run_id(cfg) for cfg in cfgs]
     try:
-        train(cfg, Store(store_root))
-        return rid, None
+        if train_group is None:
+            train(cfgs[0], Store(store_root))
+        else:
+            train_group(cfgs, Store(store_root))
+        return [(rid, None) for rid in rids]
     except UserError as e:
-        return rid, str(e)
+        return [(rid, str(e)) for rid in rids]
     except Exception as e:  # the engine has marked the run failed; the sweep goes on
-        return rid, f"{type(e).__name__}: {e}"
+        return [(rid, f"{type(e).__name__}: {e}") for rid in rids]
 
 
 def used_names(graph: RunGraph) -> set[tuple[str, str]]:

@@ -21,6 +21,7 @@ from ..store import RunDir, Store
 from ..store.metrics import Row
 from ..store.writer import RunWriter, observed
 from ..threads import pinned_threads
+from . import mode
 from .data_order import DataOrder
 from .loop import LoopHooks, LoopPlan, make_optimizer, train_loop
 from .progress import ProgressBar
@@ -59,7 +60,7 @@ def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> Ru
     if stored_complete(cfg, store):
         return rd
     device = resolve_device(cfg.observe.device)
-    with pinned_threads(cfg.observe.threads):
+    with pinned_threads(cfg.observe.threads), mode.deterministic(cfg):
         data = load_dataset(cfg.data, device)
         session = _Session(cfg, store, data, run_schedule(cfg, data.n_train), device, progress)
         start: StartState | None = session.start()
@@ -90,7 +91,9 @@ class _Session:
         self.progress = cfg.observe.progress if progress is None else progress
 
     def start(self) -> StartState:
-        return resolve_start(self.cfg, self.data, self.store, self.device, self.schedule.start)
+        start = resolve_start(self.cfg, self.data, self.store, self.device, self.schedule.start)
+        mode.prepare_model(self.cfg, start.model)
+        return start
 
     def train(self, writer: RunWriter, start: StartState) -> None:
         """The run itself, from its start or its last resume point, to status done."""
@@ -101,7 +104,7 @@ class _Session:
         if point is not None:
             restore(point, start.model, optimizer, writer.rd.resume_path)
             first, rows = point.step, point.rows
-        writer.begin(provenance(self.data, self.device, torch.get_num_threads()),
+        writer.begin(provenance(self.data, self.device, torch.get_num_threads(), mode.describe(self.cfg)),
                      resumed_from=first if point is not None else None)
 
         def resume(step: int, rows_so_far: list[Row]) -> None:
@@ -135,7 +138,7 @@ class _Session:
                           cfg.data_seed, augment=data.augment, shuffle=not cfg.train.full_batch, device=self.device)
         plan = LoopPlan(start=first, end=sched.total, checkpoints=set(sched.checkpoints), evals=set(sched.evals),
                         resume_every=max(sched.spe, 20), progress_every=bar.every, lrs=sched.lrs(cfg.train, first))
-        with bar:
+        with bar, mode.autocast(cfg, self.device):
             train_loop(model, optimizer, data, order, cfg.train, plan, hooks, recorders, start.mask, rows,
                        cfg.observe.eval_train, cfg.observe.eval_batch, ctx)
 

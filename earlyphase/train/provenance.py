@@ -21,8 +21,10 @@ def _version(dist: str) -> str | None:
     return None
 
 
-def provenance(data: Dataset, device: torch.device, threads: int) -> dict:
+def provenance(data: Dataset, device: torch.device, threads: int, execution: dict | None = None) -> dict:
+    """``execution``: how the run was computed (train/mode.py: precision, layout, determinism, batching)."""
     return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": _version("numpy"),
             "mnist1d": _version("mnist1d"), "earlyphase": __version__, "plugins": load_plugins(),
             "data_fingerprint": data.fingerprint(), "device": str(device), "threads": threads,
-            "host": socket.gethostname(), "platform": platform.platform()}
+            "host": socket.gethostname(), "platform": platform.platform(),
+            **({"execution": execution} if execution is not None else {})}
