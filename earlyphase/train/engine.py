@@ -22,6 +22,7 @@ from ..store.metrics import Row
 from ..store.writer import RunWriter, observed
 from ..threads import pinned_threads
 from . import mode
+from .batched import batch_key, train_group
 from .data_order import DataOrder
 from .loop import LoopHooks, LoopPlan, make_optimizer, train_loop
 from .progress import ProgressBar
@@ -54,8 +55,9 @@ def stored_complete(cfg: RunConfig, store: Store) -> bool:
     return not observed(rd).lacks(run_schedule(cfg).observations(cfg))
 
 
-def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> RunDir:
-    """Train ``cfg`` into ``store`` unless it is there already; returns its run directory."""
+def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None, execution: dict | None = None) -> RunDir:
+    """Train ``cfg`` into ``store`` unless it is there already; returns its run directory. ``execution``:
+    how it was scheduled, for provenance (a run a batched group could not take says why)."""
     rd = store.run(run_id(cfg))
     if stored_complete(cfg, store):
         return rd
@@ -63,6 +65,7 @@ def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> Ru
     with pinned_threads(cfg.observe.threads), mode.deterministic(cfg):
         data = load_dataset(cfg.data, device)
         session = _Session(cfg, store, data, run_schedule(cfg, data.n_train), device, progress)
+        session.execution = mode.describe(cfg, execution)
         start: StartState | None = session.start()
         with RunWriter.open(rd, {"kind": "train", "run_id": rd.id, "config": to_dict(cfg, trajectory=True)}) as w:
             if w.status != "done":
@@ -79,7 +82,7 @@ def train_one(cfg: RunConfig, store: Store) -> None:
     execute(cfg, store, progress=False)
 
 
-WORK = Work(train=train_one, complete=stored_complete)  # what executors do with a run
+WORK = Work(train=train_one, complete=stored_complete, batch_key=batch_key, train_group=train_group)  # what executors do
 
 
 class _Session:
@@ -104,7 +107,7 @@ class _Session:
         if point is not None:
             restore(point, start.model, optimizer, writer.rd.resume_path)
             first, rows = point.step, point.rows
-        writer.begin(provenance(self.data, self.device, torch.get_num_threads(), mode.describe(self.cfg)),
+        writer.begin(provenance(self.data, self.device, torch.get_num_threads(), self.execution),
                      resumed_from=first if point is not None else None)
 
         def resume(step: int, rows_so_far: list[Row]) -> None:
