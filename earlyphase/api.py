@@ -32,7 +32,7 @@ def train(config: RunConfig | dict | str | Path | None = None, *, preset: str | 
 def run(experiment: str, *, preset: str = "laptop", config: str | Path | dict | None = None,
         overrides: list[str] | tuple[str, ...] = (), store: str | Path | Store | None = None,
         executor: str = "local", workers: int = 1, address: str | None = None, retry_failed: bool = False,
-        progress: bool = False, device: str | None = None, batch_runs: int = 1, deterministic: bool = False,
+        progress: bool = False, device: str | None = None, batch_runs: int | None = None, deterministic: bool = False,
         **fields):
     """Run an experiment (training only the runs the store lacks) and return its ``Experiment``:
     ``.results`` (DataFrame), ``.tables``, ``.check``, ``.figures``, ``.report_path``.

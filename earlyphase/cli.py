@@ -42,9 +42,9 @@ def _add_store(p: argparse.ArgumentParser) -> None:
 def _add_exec(p: argparse.ArgumentParser) -> None:
     """How a sweep's runs are executed; none of it changes a run's id (docs/scale.md)."""
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N for every run (default: each run's own)")
-    p.add_argument("--batch-runs", type=int, default=1, metavar="N",
+    p.add_argument("--batch-runs", type=int, metavar="N",
                    help="train up to N runs of one architecture, data and schedule as one batched model "
-                        "(default 1: each alone)")
+                        "(1: each alone; default: 1 on a CPU, 8 on a GPU)")
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (recorded per run)")
 
 

@@ -41,6 +41,9 @@ class Work:
     train_group: Callable[[list[RunConfig], Store], Any] | None = None
 
 
+CUDA_BATCH_RUNS = 8  # the rule's group size on a GPU (to be confirmed by benchmarks/gpu_throughput.py)
+
+
 @dataclass(frozen=True)
 class ExecOptions:
     """How every run of a sweep is executed, without changing any run's id: the device (None: each
@@ -49,10 +52,10 @@ class ExecOptions:
 
     device: str | None = None
     deterministic: bool = False
-    batch_runs: int = 1
+    batch_runs: int | None = 1  # None: the default rule (batch_runs_for)
 
     def __post_init__(self) -> None:
-        if self.batch_runs < 1:
+        if self.batch_runs is not None and self.batch_runs < 1:
             raise UserError(f"--batch-runs must be >= 1 (1 = each run alone), got {self.batch_runs}")
         if self.device is not None:
             from ..train.engine import resolve_device
@@ -67,6 +70,17 @@ class ExecOptions:
     @property
     def cuda(self) -> bool:
         return bool(self.device) and self.device.startswith("cuda")
+
+    def batch_runs_for(self, graph: RunGraph) -> int:
+        """``batch_runs``, or by the default rule: single runs on a CPU (measured slower batched there,
+        benchmarks/batched_runs.py), groups of CUDA_BATCH_RUNS on a GPU."""
+        if self.batch_runs is not None:
+            return self.batch_runs
+        from ..train.engine import resolve_device
+
+        names = [self.device] if self.device else [cfg.observe.device for cfg in graph.nodes.values()]
+        on_gpu = bool(names) and all(resolve_device(n).type == "cuda" for n in names)
+        return CUDA_BATCH_RUNS if on_gpu else 1
 
 
 def default_work() -> Work:

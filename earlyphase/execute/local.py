@@ -128,7 +128,7 @@ class LocalExecutor:
         work = work or default_work()
         entries = self.check(graph, store)
         root = str(store.root)
-        group = work.train_group if self.options.batch_runs > 1 else None
+        group = work.train_group if self.options.batch_runs_for(graph) > 1 else None
         gpus = visible_gpus() if self.options.cuda and self.options.device == "cuda" else []
         backend = (InProcess(work.train, root, group) if self.workers == 1 else
                    ProcessPool(work.train, root, self.workers, entries, group, gpus if len(gpus) > 1 else []))

@@ -121,7 +121,7 @@ class RayExecutor:
             work: Work | None = None) -> ExecutionReport:
         work = work or default_work()
         try:
-            group = work.train_group if self.options.batch_runs > 1 else None
+            group = work.train_group if self.options.batch_runs_for(graph) > 1 else None
             backend = RayBackend(self, work.train, str(store.root), self.check(graph, store), group)
             return schedule(graph, store, backend, work, retry_failed=retry_failed, progress=self.progress,
                             options=self.options)

@@ -60,7 +60,7 @@ def schedule(graph: RunGraph, store: Store, backend: Backend, work: Work, *, ret
     check_graph(graph, store)
     report = ExecutionReport()
     waiting: list[list[str]] = []
-    for unit in plan_units(graph, work, options.batch_runs):
+    for unit in plan_units(graph, work, options.batch_runs_for(graph)):
         for rid in [r for r in unit if stored_status(store, r) == "failed" and not retry_failed]:
             report.failed[rid] = store.run(rid).status().get("error", "failed earlier")
             unit.remove(rid)

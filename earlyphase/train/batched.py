@@ -63,7 +63,8 @@ def train_group(cfgs: list[RunConfig], store: Store) -> None:
     todo = [c for c in cfgs if not stored_complete(c, store)]
     reason = _group_refusal(todo, store)
     if reason is None:
-        _Group(todo, store).run()
+        if todo:
+            _Group(todo, store).run()
         return
     errors = []
     for cfg in todo:
@@ -76,8 +77,10 @@ def train_group(cfgs: list[RunConfig], store: Store) -> None:
 
 
 def _group_refusal(cfgs: list[RunConfig], store: Store) -> str | None:
-    if len(cfgs) < 2:
-        return "no other run of its group left to train"
+    """Why these runs cannot train as one group now (a lone run still trains batched, as a group of
+    one, so every run of a batched sweep that can be batched is computed the same way)."""
+    if not cfgs:
+        return None
     if len({batch_key(c) for c in cfgs}) != 1 or batch_key(cfgs[0]) is None:
         return refusal(cfgs[0]) or refusal(cfgs[-1]) or "runs of different shapes"
     rds = [store.run(run_id(c)) for c in cfgs]

@@ -16,9 +16,11 @@ CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs for reproducible results (CUDA
 
 
 def autocast(cfg: RunConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast of forward passes and losses (the backward follows the forward's dtypes); fp32: nothing."""
+    """bf16 autocast of forward passes and losses (the backward follows the forward's dtypes); fp32:
+    nothing. The context spans the whole loop, so autocast's cache of bf16 weight copies is off: it
+    lives until the context exits and would serve the first step's weights to every later step."""
     if cfg.train.precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
