@@ -68,8 +68,9 @@ def plain_seconds(cfg, device: torch.device, steps: int, host: bool) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=True)
     b = cfg.train.batch_size
     if host:
-        batches = iter(DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=b, shuffle=True,
-                                  pin_memory=device.type == "cuda", drop_last=True))
+        loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=b, shuffle=True,
+                            pin_memory=device.type == "cuda", drop_last=True)
+        batches = (batch for _ in range(steps) for batch in loader)  # epoch after epoch
     else:
         x, y = data.x_train.to(device), data.y_train.to(device)
     sync(device)
