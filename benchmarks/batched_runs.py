@@ -26,7 +26,7 @@ from earlyphase.data import load_dataset
 from earlyphase.execute import ExecOptions, LocalExecutor, RunGraph
 from earlyphase.models import build_model
 from earlyphase.store import Store
-from earlyphase.train.engine import WORK
+from earlyphase.train.work import WORK
 
 TOLERANCE = 0.95
 

@@ -28,7 +28,8 @@ from earlyphase.data import load_dataset
 from earlyphase.execute import ExecOptions, LocalExecutor, RunGraph
 from earlyphase.models import build_model
 from earlyphase.store import Store
-from earlyphase.train.engine import WORK, execute
+from earlyphase.train.engine import execute
+from earlyphase.train.work import WORK
 
 TARGETS = {"engine_vs_plain": 0.95, "engine_vs_dataloader": 1.5, "batched_vs_single": 4.0}
 

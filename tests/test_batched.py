@@ -12,7 +12,7 @@ from earlyphase.execute import ExecOptions, LocalExecutor, RunGraph
 from earlyphase.execute.scheduler import plan_units
 from earlyphase.store import Store
 from earlyphase.train import batched
-from earlyphase.train.engine import WORK
+from earlyphase.train.work import WORK
 
 SMALL = ['data.n_train=400', 'data.n_test=200', 'train.steps="20it"', 'train.milestones=["10it"]',
          'observe.checkpoints=["0it", "5it", "20it"]', 'observe.eval_every="10it"', "observe.progress=false"]

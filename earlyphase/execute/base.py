@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..config import RunConfig, from_dict, run_id, to_dict
+from ..devices import resolve_device
 from ..errors import UserError
 from ..registry import install_entries, load_plugins, portable_entries
 from ..store import Store
@@ -58,8 +59,6 @@ class ExecOptions:
         if self.batch_runs is not None and self.batch_runs < 1:
             raise UserError(f"--batch-runs must be >= 1 (1 = each run alone), got {self.batch_runs}")
         if self.device is not None:
-            from ..train.engine import resolve_device
-
             resolve_device(self.device)  # a bad or unavailable device is one line, before anything runs
 
     def apply(self, cfg: RunConfig) -> RunConfig:
@@ -76,8 +75,6 @@ class ExecOptions:
         benchmarks/batched_runs.py), groups of CUDA_BATCH_RUNS on a GPU."""
         if self.batch_runs is not None:
             return self.batch_runs
-        from ..train.engine import resolve_device
-
         names = [self.device] if self.device else [cfg.observe.device for cfg in graph.nodes.values()]
         on_gpu = bool(names) and all(resolve_device(n).type == "cuda" for n in names)
         return CUDA_BATCH_RUNS if on_gpu else 1
@@ -85,7 +82,7 @@ class ExecOptions:
 
 def default_work() -> Work:
     """The package's training engine (named, not imported: executors know nothing of models)."""
-    return importlib.import_module("earlyphase.train.engine").WORK
+    return importlib.import_module("earlyphase.train.work").WORK
 
 
 def stored_status(store: Store, rid: str) -> str:

@@ -18,7 +18,7 @@ from ..registry import EXPERIMENT_REGISTRY
 from ..store import Store
 from ..store.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from ..store.runs import exclusive
-from ..train.engine import WORK
+from ..train.work import WORK
 from .base import Check, ExperimentDef, Plan
 
 

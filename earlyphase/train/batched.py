@@ -22,12 +22,14 @@ from torch.func import functional_call, stack_module_state, vmap
 from ..config import RunConfig, canonical_json, run_id, to_dict
 from ..data import load_dataset
 from ..data.transforms import crop_flip
+from ..devices import resolve_device
 from ..store import Store
 from ..store.metrics import Row
 from ..store.writer import RunWriter
 from ..threads import pinned_threads
 from . import mode
 from .data_order import DataOrder
+from .engine import execute, stored_complete
 from .optim import load_optimizer_state, make_optimizer, no_dynamo, optimizer_state, step_function
 from .provenance import provenance
 from .resume import restore
@@ -58,8 +60,6 @@ def batch_key(cfg: RunConfig) -> str | None:
 
 def train_group(cfgs: list[RunConfig], store: Store) -> None:
     """Train a planned group batched; a run the group cannot take trains alone, saying why."""
-    from .engine import execute, stored_complete
-
     todo = [c for c in cfgs if not stored_complete(c, store)]
     reason = _group_refusal(todo, store)
     if reason is None:
@@ -134,8 +134,6 @@ class _Group:
         self.rids = [run_id(c) for c in cfgs]
 
     def run(self) -> None:
-        from .engine import resolve_device
-
         cfg = self.cfg
         self.device = resolve_device(cfg.observe.device)
         with pinned_threads(cfg.observe.threads), mode.deterministic(cfg):

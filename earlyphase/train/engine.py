@@ -14,7 +14,7 @@ import torch
 from ..config import RunConfig, run_id, to_dict
 from ..data import load_dataset
 from ..data.base import Dataset
-from ..errors import UserError
+from ..devices import resolve_device
 from ..execute.base import Work
 from ..models import prunable_names
 from ..store import RunDir, Store
@@ -22,7 +22,6 @@ from ..store.metrics import Row
 from ..store.writer import RunWriter, observed
 from ..threads import pinned_threads
 from . import mode
-from .batched import batch_key, train_group
 from .data_order import DataOrder
 from .loop import LoopHooks, LoopPlan, make_optimizer, train_loop
 from .progress import ProgressBar
@@ -33,18 +32,6 @@ from .schedules import RunSchedule, lr_at, run_schedule
 from .start import StartState, initial_state_fn, resolve_start
 
 RunPlan = RunSchedule  # old name (experiments/runner.py used it)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu or auto")
-    return device
 
 
 def stored_complete(cfg: RunConfig, store: Store) -> bool:
@@ -82,7 +69,7 @@ def train_one(cfg: RunConfig, store: Store) -> None:
     execute(cfg, store, progress=False)
 
 
-WORK = Work(train=train_one, complete=stored_complete, batch_key=batch_key, train_group=train_group)  # what executors do
+WORK = Work(train=train_one, complete=stored_complete)  # one run at a time (train/work.py adds batched groups)
 
 
 class _Session:
