@@ -195,6 +195,10 @@ class _Loop:
         self.orders = [DataOrder(data.n_train, batch, c.data_seed, augment=data.augment,
                                  shuffle=not cfg.train.full_batch, device=group.device) for c in group.cfgs]
         self.step_fn = step_function(opt)
+        rows_max = len(self.orders) * self.orders[0].batch
+        self.idx_buf = torch.empty(rows_max, dtype=torch.int64, device=group.device)
+        self.x_buf = data.x_train.new_empty((rows_max, *data.x_train.shape[1:]))
+        self.y_buf = data.y_train.new_empty((rows_max, *data.y_train.shape[1:]))
         self.mask_params = [stack.params[n] for n in stack.masks]
         self.mask_values = list(stack.masks.values())
 
@@ -215,16 +219,18 @@ class _Loop:
                 self.save_resume(step)
 
     def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every run's batch of step t, runs x batch x ...: its own order and augmentation."""
-        data = self.g.data
+        """Every run's batch of step t, runs x batch x ...: its own order and augmentation, gathered
+        into buffers allocated once."""
+        data, runs = self.g.data, len(self.orders)
         windows = [o.batch_slice(t) for o in self.orders]
-        idx = torch.cat([o.perm[w] for o, w in zip(self.orders, windows)])
-        xb, yb = data.x_train[idx], data.y_train[idx]
+        n = runs * (windows[0].stop - windows[0].start)
+        idx = torch.cat([o.perm[w] for o, w in zip(self.orders, windows)], out=self.idx_buf[:n])
+        xb = torch.index_select(data.x_train, 0, idx, out=self.x_buf[:n])
+        yb = torch.index_select(data.y_train, 0, idx, out=self.y_buf[:n])
         if data.augment:
             dx, dy, flip = (torch.cat([getattr(o, a)[w] for o, w in zip(self.orders, windows)])
                             for a in ("dx", "dy", "flip"))
             xb = crop_flip(xb, dx, dy, flip, pad=self.orders[0].pad)
-        runs = len(self.orders)
         return xb.view(runs, -1, *xb.shape[1:]), yb.view(runs, -1)
 
     def update(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
