@@ -118,3 +118,14 @@ def test_refused_runs_train_alone_and_say_why(tmp_path):
     for rid in rids:
         ex = store.run(rid).provenance()["execution"]
         assert ex["mode"] == "single" and ex["batch_refused"] == "optimizer adam (batched runs use SGD)"
+
+
+def test_a_refused_run_that_fails_fails_alone(tmp_path):
+    """Runs a group cannot take train one after another; one that fails does not fail the others."""
+    graph = RunGraph()
+    good = graph.add(cfg_of('train.optimizer="adam"', "train.lr=0.001"))
+    bad = graph.add(cfg_of('train.optimizer="adam"', "train.lr=0.001", seed=1).replace(start_run=good, start_step="7it"))
+    store = Store(tmp_path)
+    errors = batched.train_group([graph.nodes[good], graph.nodes[bad]], store)
+    assert errors[good] is None and "no checkpoint at step 7" in errors[bad]
+    assert store.run(good).status()["status"] == "done"

@@ -39,7 +39,7 @@ class Work:
     train: Callable[[RunConfig, Store], Any]
     complete: Callable[[RunConfig, Store], bool]
     batch_key: Callable[[RunConfig], str | None] | None = None
-    train_group: Callable[[list[RunConfig], Store], Any] | None = None
+    train_group: Callable[[list[RunConfig], Store], dict[str, str | None] | None] | None = None
 
 
 CUDA_BATCH_RUNS = 8  # the rule's group size on a GPU (to be confirmed by benchmarks/gpu_throughput.py)
@@ -118,8 +118,9 @@ def run_one(train: Callable[[RunConfig, Store], Any], cfg_data: dict, store_root
 
 def run_job(train: Callable[[RunConfig, Store], Any], train_group: Callable | None, cfg_datas: list[dict],
             store_root: str, entries: list | tuple = ()) -> list[tuple[str, str | None]]:
-    """Train one run, or a group of runs with ``train_group``; (run id, error or None) for each (a
-    group's error is every member's: the engine has marked each of them failed)."""
+    """Train one run, or a group of runs with ``train_group`` (which returns each run's error or None);
+    (run id, error or None) for each. An exception fails every run of the job (the engine has marked
+    each of them failed)."""
     install_entries(list(entries))
     load_plugins()
     cfgs = [decode(d) for d in cfg_datas]
@@ -127,9 +128,9 @@ def run_job(train: Callable[[RunConfig, Store], Any], train_group: Callable | No
     try:
         if train_group is None:
             train(cfgs[0], Store(store_root))
-        else:
-            train_group(cfgs, Store(store_root))
-        return [(rid, None) for rid in rids]
+            return [(rids[0], None)]
+        errors = train_group(cfgs, Store(store_root)) or {}
+        return [(rid, errors.get(rid)) for rid in rids]
     except UserError as e:
         return [(rid, str(e)) for rid in rids]
     except Exception as e:  # the engine has marked the run failed; the sweep goes on

@@ -23,6 +23,7 @@ from ..config import RunConfig, canonical_json, run_id, to_dict
 from ..data import load_dataset
 from ..data.transforms import crop_flip
 from ..devices import resolve_device
+from ..errors import UserError
 from ..store import Store
 from ..store.metrics import Row
 from ..store.writer import RunWriter
@@ -58,22 +59,24 @@ def batch_key(cfg: RunConfig) -> str | None:
                                                                       cfg.start_run is None]})
 
 
-def train_group(cfgs: list[RunConfig], store: Store) -> None:
-    """Train a planned group batched; a run the group cannot take trains alone, saying why."""
+def train_group(cfgs: list[RunConfig], store: Store) -> dict[str, str | None]:
+    """Train a planned group batched (an error fails every run of it); runs the group cannot take
+    train alone, one after another, saying why: returns each run's error or None."""
     todo = [c for c in cfgs if not stored_complete(c, store)]
     reason = _group_refusal(todo, store)
     if reason is None:
         if todo:
             _Group(todo, store).run()
-        return
-    errors = []
+        return {run_id(c): None for c in cfgs}
+    errors: dict[str, str | None] = {run_id(c): None for c in cfgs}
     for cfg in todo:
         try:
             execute(cfg, store, progress=False, execution={"mode": "single", "batch_refused": reason})
-        except Exception as e:  # the others still train; the job reports the first failure
-            errors.append(e)
-    if errors:
-        raise errors[0]
+        except UserError as e:  # the others still train
+            errors[run_id(cfg)] = str(e)
+        except Exception as e:
+            errors[run_id(cfg)] = f"{type(e).__name__}: {e}"
+    return errors
 
 
 def _group_refusal(cfgs: list[RunConfig], store: Store) -> str | None:
