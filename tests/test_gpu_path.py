@@ -133,3 +133,21 @@ def test_paper_rewinding_first_steps_batched_on_cpu(tmp_path, capsys):
     assert len(runs) == 10 and all(rd.status()["status"] == "done" for rd in runs)
     modes = [rd.provenance()["execution"] for rd in runs]
     assert all(m["mode"] == "batched" for m in modes) and max(len(m["group"]) for m in modes) == 4
+
+
+def test_pool_workers_take_the_visible_gpus_round_robin(monkeypatch):
+    import multiprocessing
+    import os
+
+    from earlyphase.execute.local import init_worker, visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    assert visible_gpus() == ["3", "5"]
+    counter = multiprocessing.get_context("spawn").Value("i", 0)
+    seen = []
+    for _ in range(3):
+        init_worker([], ["3", "5"], counter)
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["3", "5", "3"]
+    assert ExecOptions(device="cpu").batch_runs_for(RunGraph()) == 1 and not ExecOptions(device="cpu").cuda
+    assert ExecOptions(batch_runs=None).batch_runs_for(RunGraph()) == 1  # the CPU rule: single
