@@ -32,17 +32,21 @@ def train(config: RunConfig | dict | str | Path | None = None, *, preset: str | 
 def run(experiment: str, *, preset: str = "laptop", config: str | Path | dict | None = None,
         overrides: list[str] | tuple[str, ...] = (), store: str | Path | Store | None = None,
         executor: str = "local", workers: int = 1, address: str | None = None, retry_failed: bool = False,
-        progress: bool = False, **fields):
+        progress: bool = False, device: str | None = None, batch_runs: int | None = None, deterministic: bool = False,
+        **fields):
     """Run an experiment (training only the runs the store lacks) and return its ``Experiment``:
     ``.results`` (DataFrame), ``.tables``, ``.check``, ``.figures``, ``.report_path``.
 
     Keyword ``fields`` set top-level experiment keys, e.g. ``earlyphase.run("rewinding", seeds=2)``.
+    ``device``, ``batch_runs`` and ``deterministic`` say how the runs are executed (docs/scale.md).
     """
+    from .execute import ExecOptions
     from .experiments import run_experiment
 
+    options = ExecOptions(device=device, deterministic=deterministic, batch_runs=batch_runs)
     return run_experiment(experiment, preset=preset, config=config, overrides=overrides, store=store,
                           executor=executor, workers=workers, address=address, retry_failed=retry_failed,
-                          progress=progress, **fields)
+                          progress=progress, options=options, **fields)
 
 
 def register_experiment(definition):

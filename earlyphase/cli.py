@@ -39,6 +39,21 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="DIR", help="store root (default: $EARLYPHASE_HOME or ./earlyphase-store)")
 
 
+def _add_exec(p: argparse.ArgumentParser) -> None:
+    """How a sweep's runs are executed; none of it changes a run's id (docs/scale.md)."""
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N for every run (default: each run's own)")
+    p.add_argument("--batch-runs", type=int, metavar="N",
+                   help="train up to N runs of one architecture, data and schedule as one batched model "
+                        "(1: each alone; default: 1 on a CPU, 8 on a GPU)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels only (recorded per run)")
+
+
+def _exec_options(args: argparse.Namespace):
+    from .execute import ExecOptions
+
+    return ExecOptions(device=args.device, deterministic=args.deterministic, batch_runs=args.batch_runs)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_run_config
     from .stored_run import Run
@@ -181,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         exp = run_experiment(args.experiment, preset=args.preset, config=args.config, overrides=args.set or [],
                              store=args.store, executor=args.executor, workers=args.workers, address=args.address,
                              dry_run=args.dry_run, retry_failed=args.retry_failed, progress=not args.quiet,
-                             seeds=args.seeds)
+                             seeds=args.seeds, options=_exec_options(args))
     except RunsFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -216,10 +231,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.runner import RunsFailed
     from .store import Store
 
+    options = _exec_options(args)  # bad options before the store is touched
     store = Store(args.store)
     try:
         index = run_demo(demo_names(args.all, args.only), store, workers=args.workers, progress=not args.quiet,
-                         on_result=_print_check, retry_failed=args.retry_failed)
+                         on_result=_print_check, retry_failed=args.retry_failed, options=options)
     except RunsFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -289,6 +305,7 @@ def _add_run(sub) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved experiment config and exit")
     p.add_argument("--retry-failed", action="store_true", help="train failed runs again")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_exec(p)
     _add_store(p)
     p.set_defaults(func=cmd_run)
 
@@ -308,6 +325,7 @@ def _add_others(sub) -> None:
     p.add_argument("--only", action="append", metavar="EXPERIMENT", help="run only these experiments")
     p.add_argument("--retry-failed", action="store_true", help="train failed runs again")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_exec(p)
     _add_store(p)
     p.set_defaults(func=cmd_demo)
 

@@ -134,6 +134,10 @@ class TrainConfig:
     # per-parameter learning-rate factors in named_parameters() order (() = all 1; 0 freezes a
     # parameter): two_layer's eta1, eta2 for w, v (docs/experiments/linear_dynamics.md)
     lr_scales: tuple[float, ...] = ()
+    # execution mode that changes the trajectory (docs/scale.md): bf16 autocast of the forward pass
+    # and the loss, and conv weights (hence activations) in channels-last memory layout
+    precision: str = "fp32"  # fp32 | bf16
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         _check(self.optimizer in ("sgd", "adam"), f"train.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
@@ -145,6 +149,7 @@ class TrainConfig:
         _check(self.gamma > 0, f"train.gamma must be > 0, got {self.gamma}")
         _check(self.loss in ("cross_entropy", "square"), f"train.loss must be 'cross_entropy' or 'square', got {self.loss!r}")
         _check(all(s >= 0 for s in self.lr_scales), f"train.lr_scales must be >= 0, got {list(self.lr_scales)}")
+        _check(self.precision in ("fp32", "bf16"), f"train.precision must be 'fp32' or 'bf16', got {self.precision!r}")
         object.__setattr__(self, "steps", _step(self.steps, "train.steps"))
         object.__setattr__(self, "warmup", _step(self.warmup, "train.warmup"))
         object.__setattr__(self, "milestones", tuple(_step(m, "train.milestones") for m in self.milestones))
@@ -164,6 +169,7 @@ class ObserveConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1  # torch threads, pinned per run
     progress: bool = True
+    deterministic: bool = False  # deterministic kernels only (torch.use_deterministic_algorithms), said in provenance
 
     def __post_init__(self) -> None:
         _check(all(part in ("none", "dense", "pow2") for part in self.schedule.split("+")),

@@ -45,7 +45,8 @@ def estimate(names: list[str], store: Store, workers: int) -> tuple[float, int, 
 
 
 def run_demo(names: list[str], store: Store, *, workers: int, progress: bool, log: TextIO = sys.stderr,
-             on_result: Callable[[str, dict], None] = lambda name, check: None, retry_failed: bool = False) -> Path:
+             on_result: Callable[[str, dict], None] = lambda name, check: None, retry_failed: bool = False,
+             options=None) -> Path:
     """Run ``names`` on the laptop presets into ``store``, calling ``on_result(name, check)`` after each;
     returns index.html's path. A RunsFailed from any experiment propagates (the CLI exits 1 and says
     how to retry)."""
@@ -58,7 +59,7 @@ def run_demo(names: list[str], store: Store, *, workers: int, progress: bool, lo
     entries = []
     for name in names:
         exp = run_experiment(name, preset="laptop", store=store, workers=workers, progress=progress, log=log,
-                             retry_failed=retry_failed)
+                             retry_failed=retry_failed, options=options)
         on_result(name, exp.check)
         entries.append({"name": name, "report": exp.report_path, "check": exp.check,
                         "wall_seconds": exp.check.get("wall_seconds"), "figure": exp.main_figure})

@@ -12,7 +12,10 @@ fashion_mnist) asking for more samples than a split has is an error.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -141,36 +144,62 @@ def to_sphere(x: torch.Tensor) -> torch.Tensor:
     return (flat * (flat.shape[1] ** 0.5 / norm)).reshape(x.shape)
 
 
-_GENERATED_CACHE: "OrderedDict[DataConfig, Dataset]" = OrderedDict()
-_GENERATED_CACHE_SIZE = 4
-_GENERATED_CACHE_MAX_BYTES = 256 * 2**20  # larger ones (paper-scale kernels' inputs) are not kept
+_CACHE: "OrderedDict[tuple, Dataset]" = OrderedDict()
+_CACHE_MAX_BYTES = 1 << 30  # all kept datasets together (CIFAR-10 as float32 is 0.74 GiB)
+_CACHE_MAX_FILES = 256  # a data.root with more files than this is not kept (its signature would cost)
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """The dataset a DataConfig describes, on the CPU.
+def _files_signature(root: str | None) -> tuple | None:
+    """(path, size, mtime, inode) of every file under ``root`` (three levels deep): a file source's
+    cache key, so changed files are read again. None: too many files to watch cheaply."""
+    if root is None:
+        return ()
+    out: list[tuple] = []
+    stack = [(Path(root).expanduser(), 0)]
+    while stack:
+        where, depth = stack.pop()
+        with contextlib.suppress(OSError), os.scandir(where) as it:
+            for e in it:
+                if e.is_dir() and depth < 3:
+                    stack.append((Path(e.path), depth + 1))
+                elif e.is_file():
+                    st = e.stat()
+                    out.append((e.path, st.st_size, st.st_mtime_ns, st.st_ino))
+        if len(out) > _CACHE_MAX_FILES:
+            return None
+    return tuple(sorted(out))
 
-    Generated datasets are a pure function of their config, so the last few are kept in the process:
-    a sweep's runs (and a notebook) pay the generation once. Callers get their own copy of the
-    tensors, so nothing one run does to them reaches the next. File sources are read each time (the
-    files may change between calls)."""
-    if _source(cfg).meta["generated"]:
-        hit = _GENERATED_CACHE.get(cfg)
-        if hit is None:
-            hit = _build(cfg)
-            if hit.nbytes() > _GENERATED_CACHE_MAX_BYTES:
-                return hit
-            _GENERATED_CACHE[cfg] = hit
-            while len(_GENERATED_CACHE) > _GENERATED_CACHE_SIZE:
-                _GENERATED_CACHE.popitem(last=False)
-        _GENERATED_CACHE.move_to_end(cfg)
+
+def load_dataset(cfg: DataConfig, device: torch.device | str | None = None) -> Dataset:
+    """The dataset a DataConfig describes, on the CPU (or on ``device``).
+
+    The last datasets loaded are kept in the process (up to 1 GiB), so a worker's runs pay reading,
+    generating and normalizing once: generated ones are a pure function of their config; file
+    sources are keyed by their config and their files' size, time and inode as well, so changed
+    files are read again. Callers get their own copy of the tensors (on ``device`` the copy is the
+    move), so nothing one run does to them reaches the next."""
+    files = () if _source(cfg).meta["generated"] else _files_signature(cfg.root)
+    if files is None:
+        return _build(cfg) if device is None else _build(cfg).to(device)
+    key = (cfg, files)
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = _build(cfg)
         hit.fingerprint()  # computed once, carried by the copies
+        if hit.nbytes() > _CACHE_MAX_BYTES:
+            return hit if device is None else hit.to(device)
+        _CACHE[key] = hit
+        while sum(d.nbytes() for d in _CACHE.values()) > _CACHE_MAX_BYTES:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    if device is None or torch.device(device).type == "cpu":
         return hit.clone()
-    return _build(cfg)
+    return hit.to(device)
 
 
 def clear_cache() -> None:
-    """Forget the generated datasets kept in this process."""
-    _GENERATED_CACHE.clear()
+    """Forget the datasets kept in this process."""
+    _CACHE.clear()
 
 
 def _build(cfg: DataConfig) -> Dataset:

@@ -84,6 +84,6 @@ class Dataset:
         for t in (self.x_train, self.y_train, self.x_test, self.y_test):
             t = t.detach().cpu().contiguous()
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")  # no copy of the bytes
         self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint

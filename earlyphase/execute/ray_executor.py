@@ -14,7 +14,7 @@ import socket
 
 from ..errors import UserError
 from ..store import Store
-from .base import ExecutionReport, Work, check_graph, default_work, run_one, worker_entries
+from .base import ExecOptions, ExecutionReport, Work, check_graph, default_work, run_job, worker_entries
 from .graph import RunGraph
 from .scheduler import schedule
 
@@ -69,7 +69,8 @@ class RayExecutor:
     flight at once on a cluster. Each run is a 1-CPU task training on 1 thread."""
 
     def __init__(self, address: str | None = None, workers: int = 1, progress: bool = True,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, options: ExecOptions = ExecOptions()) -> None:
+        self.options = options
         self.ray = _import_ray()
         self.address = address or None
         self.workers = max(0, workers or 0)
@@ -120,24 +121,27 @@ class RayExecutor:
             work: Work | None = None) -> ExecutionReport:
         work = work or default_work()
         try:
-            backend = RayBackend(self, work.train, str(store.root), self.check(graph, store))
-            return schedule(graph, store, backend, work, retry_failed=retry_failed, progress=self.progress)
+            group = work.train_group if self.options.batch_runs_for(graph) > 1 else None
+            backend = RayBackend(self, work.train, str(store.root), self.check(graph, store), group)
+            return schedule(graph, store, backend, work, retry_failed=retry_failed, progress=self.progress,
+                            options=self.options)
         finally:
             self.close()
 
 
 class RayBackend:
-    """Each run a 1-CPU Ray task on 1 thread, at most ``workers`` in flight (0: as many as Ray
-    schedules). Ray starts (or the cluster is joined) on the first run that needs training, so a
-    finished sweep never starts it."""
+    """Each job (a run, or a batched group) a 1-CPU Ray task on 1 thread, asking for one GPU when the
+    runs go to ``cuda``; at most ``workers`` in flight (0: as many as Ray schedules). Ray starts (or
+    the cluster is joined) on the first job that needs training, so a finished sweep never starts it."""
 
     threads = 1
 
-    def __init__(self, executor: RayExecutor, train, root: str, entries: list) -> None:
+    def __init__(self, executor: RayExecutor, train, root: str, entries: list, train_group=None) -> None:
         self.executor, self.train, self.root, self.entries = executor, train, root, entries
+        self.train_group = train_group
         self.slots = executor.workers
         self._task = None
-        self._running: dict[object, str] = {}  # object ref -> run id
+        self._running: dict[object, list[str]] = {}  # object ref -> its runs
 
     def __enter__(self) -> "RayBackend":
         return self
@@ -147,20 +151,20 @@ class RayBackend:
             with contextlib.suppress(Exception):
                 self.executor.ray.cancel(ref, force=True)
 
-    def submit(self, rid: str, cfg_data: dict) -> None:
+    def submit(self, rids: list[str], cfg_datas: list[dict]) -> None:
         if self._task is None:
             self.executor._connect()
-            self._task = self.executor.ray.remote(num_cpus=1)(run_one)
-        self._running[self._task.remote(self.train, cfg_data, self.root, self.entries)] = rid
+            self._task = self.executor.ray.remote(num_cpus=1, num_gpus=1 if self.executor.options.cuda else 0)(run_job)
+        self._running[self._task.remote(self.train, self.train_group, cfg_datas, self.root, self.entries)] = rids
 
     def wait(self) -> list[tuple[str, str | None]]:
         ray = self.executor.ray
         ready, _ = ray.wait(list(self._running), num_returns=1)
         out = []
         for ref in ready:
-            rid = self._running.pop(ref)
+            rids = self._running.pop(ref)
             try:
-                out.append((rid, ray.get(ref)[1]))
-            except Exception as e:  # the worker died (killed, out of memory): the run resumes next time
-                out.append((rid, _one_line(e)))
+                out.extend(ray.get(ref))
+            except Exception as e:  # the worker died (killed, out of memory): the runs resume next time
+                out.extend((rid, _one_line(e)) for rid in rids)
         return out

@@ -18,7 +18,7 @@ from ..registry import EXPERIMENT_REGISTRY
 from ..store import Store
 from ..store.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from ..store.runs import exclusive
-from ..train.engine import WORK
+from ..train.work import WORK
 from .base import Check, ExperimentDef, Plan
 
 
@@ -150,14 +150,16 @@ def _done(store: Store, rid: str) -> bool:
 def run_experiment(name: str, *, preset: str = "laptop", config: str | Path | dict | None = None,
                    overrides: list[str] | tuple[str, ...] = (), store: str | Path | Store | None = None,
                    executor: str = "local", workers: int = 1, address: str | None = None, dry_run: bool = False,
-                   retry_failed: bool = False, progress: bool = True, log=None, **fields: Any) -> Experiment | None:
+                   retry_failed: bool = False, progress: bool = True, log=None, options=None,
+                   **fields: Any) -> Experiment | None:
+    """``options``: how the runs are executed (execute.ExecOptions: device, determinism, batched runs)."""
     t0 = time.time()
     log = log or sys.stderr
     exp = get_experiment(name)
     cfg = load_experiment_config(exp, preset=preset, config=config, overrides=overrides, **fields)
     from ..execute import make_executor
 
-    runner = make_executor(executor, workers=workers, address=address, progress=progress)
+    runner = make_executor(executor, workers=workers, address=address, progress=progress, options=options)
     st = store if isinstance(store, Store) else Store(store)
     plan = exp.plan(cfg, st)
     runner.check(plan.graph, st)  # bad input (e.g. a model workers cannot import) before anything is written

@@ -14,13 +14,14 @@ import torch
 from ..config import RunConfig, run_id, to_dict
 from ..data import load_dataset
 from ..data.base import Dataset
-from ..errors import UserError
+from ..devices import resolve_device
 from ..execute.base import Work
 from ..models import prunable_names
 from ..store import RunDir, Store
 from ..store.metrics import Row
 from ..store.writer import RunWriter, observed
 from ..threads import pinned_threads
+from . import mode
 from .data_order import DataOrder
 from .loop import LoopHooks, LoopPlan, make_optimizer, train_loop
 from .progress import ProgressBar
@@ -32,18 +33,6 @@ from .start import StartState, initial_state_fn, resolve_start
 
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for but CUDA is not available here; use --device cpu or auto")
-    return device
-
-
 def stored_complete(cfg: RunConfig, store: Store) -> bool:
     """The store holds ``cfg`` finished, with every observation it asks for (no tensors are loaded)."""
     rd = store.run(run_id(cfg))
@@ -52,15 +41,17 @@ def stored_complete(cfg: RunConfig, store: Store) -> bool:
     return not observed(rd).lacks(run_schedule(cfg).observations(cfg))
 
 
-def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> RunDir:
-    """Train ``cfg`` into ``store`` unless it is there already; returns its run directory."""
+def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None, execution: dict | None = None) -> RunDir:
+    """Train ``cfg`` into ``store`` unless it is there already; returns its run directory. ``execution``:
+    how it was scheduled, for provenance (a run a batched group could not take says why)."""
     rd = store.run(run_id(cfg))
     if stored_complete(cfg, store):
         return rd
     device = resolve_device(cfg.observe.device)
-    with pinned_threads(cfg.observe.threads):
-        data = load_dataset(cfg.data).to(device)
+    with pinned_threads(cfg.observe.threads), mode.deterministic(cfg):
+        data = load_dataset(cfg.data, device)
         session = _Session(cfg, store, data, run_schedule(cfg, data.n_train), device, progress)
+        session.execution = mode.describe(cfg, execution)
         start: StartState | None = session.start()
         with RunWriter.open(rd, {"kind": "train", "run_id": rd.id, "config": to_dict(cfg, trajectory=True)}) as w:
             if w.status != "done":
@@ -77,7 +68,7 @@ def train_one(cfg: RunConfig, store: Store) -> None:
     execute(cfg, store, progress=False)
 
 
-WORK = Work(train=train_one, complete=stored_complete)  # what executors do with a run
+WORK = Work(train=train_one, complete=stored_complete)  # one run at a time (train/work.py adds batched groups)
 
 
 class _Session:
@@ -89,7 +80,9 @@ class _Session:
         self.progress = cfg.observe.progress if progress is None else progress
 
     def start(self) -> StartState:
-        return resolve_start(self.cfg, self.data, self.store, self.device, self.schedule.start)
+        start = resolve_start(self.cfg, self.data, self.store, self.device, self.schedule.start)
+        mode.prepare_model(self.cfg, start.model)
+        return start
 
     def train(self, writer: RunWriter, start: StartState) -> None:
         """The run itself, from its start or its last resume point, to status done."""
@@ -100,7 +93,7 @@ class _Session:
         if point is not None:
             restore(point, start.model, optimizer, writer.rd.resume_path)
             first, rows = point.step, point.rows
-        writer.begin(provenance(self.data, self.device, torch.get_num_threads()),
+        writer.begin(provenance(self.data, self.device, torch.get_num_threads(), self.execution),
                      resumed_from=first if point is not None else None)
 
         def resume(step: int, rows_so_far: list[Row]) -> None:
@@ -134,7 +127,7 @@ class _Session:
                           cfg.data_seed, augment=data.augment, shuffle=not cfg.train.full_batch, device=self.device)
         plan = LoopPlan(start=first, end=sched.total, checkpoints=set(sched.checkpoints), evals=set(sched.evals),
                         resume_every=max(sched.spe, 20), progress_every=bar.every, lrs=sched.lrs(cfg.train, first))
-        with bar:
+        with bar, mode.autocast(cfg, self.device):
             train_loop(model, optimizer, data, order, cfg.train, plan, hooks, recorders, start.mask, rows,
                        cfg.observe.eval_train, cfg.observe.eval_batch, ctx)
 

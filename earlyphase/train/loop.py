@@ -11,58 +11,10 @@ import torch.nn.functional as F
 from ..config import TrainConfig
 from ..data.base import Dataset
 from ..data.transforms import crop_flip
-from ..errors import UserError
 from ..store.metrics import Row
 from .data_order import DataOrder
+from .optim import make_optimizer, step_function
 from .recorders import RecordContext, Recorder
-
-
-def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """With ``cfg.lr_scales`` each parameter gets its own group whose lr is the schedule's times its
-    factor (the loop reads ``lr_scale``); a factor of 0 freezes the parameter (requires_grad off, so
-    its gradient is never computed)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.lr_scales:
-        named = list(model.named_parameters())
-        if len(named) != len(cfg.lr_scales):
-            raise UserError(f"train.lr_scales has {len(cfg.lr_scales)} factors but the model has {len(named)} "
-                            f"parameters ({', '.join(n for n, _ in named)}); give one per parameter, in that order")
-        for (_, p), scale in zip(named, cfg.lr_scales):
-            if scale == 0:
-                p.requires_grad_(False)
-        params = [{"params": [p], "lr_scale": s} for (_, p), s in zip(named, cfg.lr_scales) if s > 0 and p.requires_grad]
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=True)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay, foreach=True)
-
-
-def step_function(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """``optimizer.step`` without the wrappers every call of it pays (hooks, a profiler range, the
-    dynamo guard: ~0.07 ms a step on a CPU, 3 % of a small model's step). SGD goes straight to
-    ``torch.optim.sgd.sgd``, the function SGD.step itself calls with the same arguments, so the
-    arithmetic and the optimizer's state are exactly those of ``optimizer.step()``; other optimizers
-    keep their own step."""
-    if type(optimizer) is not torch.optim.SGD or any(g.get("differentiable") for g in optimizer.param_groups):
-        return optimizer.step
-    from torch.optim.sgd import sgd
-
-    state = optimizer.state
-
-    @torch.no_grad()
-    def step() -> None:
-        for group in optimizer.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            bufs = [state[p].get("momentum_buffer") if group["momentum"] != 0 else None for p in params]
-            sgd(params, [p.grad for p in params], bufs, weight_decay=group["weight_decay"],
-                momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
-                nesterov=group["nesterov"], maximize=group["maximize"], foreach=group["foreach"],
-                fused=group["fused"])
-            if group["momentum"] != 0:
-                for p, buf in zip(params, bufs):
-                    state[p]["momentum_buffer"] = buf
-
-    return step
 
 
 def compute_loss(kind: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

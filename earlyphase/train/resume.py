@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..store import load_model_state
 from ..store.checkpoints import split_prefix
 from ..store.writer import ResumePoint
+from .optim import load_optimizer_state, optimizer_state
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -21,7 +22,7 @@ def resume_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ste
                    run_id: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a resume checkpoint: the weights, the optimizer's tensors, and its
     scalar state as JSON."""
-    state = optimizer.state_dict()["state"]
+    state = optimizer_state(optimizer)
     tensors = model_tensors(model)
     tensors.update({f"optim.{idx}.{key}": value for idx, s in state.items() for key, value in s.items()
                     if torch.is_tensor(value)})
@@ -39,7 +40,7 @@ def restore(point: ResumePoint, model: torch.nn.Module, optimizer: torch.optim.O
     for idx, scalars in json.loads(point.meta.get("optimizer", "{}")).items():
         state.setdefault(int(idx), {}).update(scalars)
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+        load_optimizer_state(optimizer, state)
     except (ValueError, KeyError, RuntimeError) as e:
         raise UserError(f"resume checkpoint {path} does not fit this run's optimizer ({e}); "
                         "delete it to retrain the run from the start") from None
