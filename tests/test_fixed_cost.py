@@ -1,4 +1,4 @@
-"""No fixed cost per run: no compiler machinery imported, normalization in one pass, datasets kept
+"""No fixed cost per run: no compiler machinery imported, normalization from one float64 copy (bit-identical to the stored runs), datasets kept
 per process (file sources keyed by their files)."""
 from __future__ import annotations
 
@@ -52,14 +52,16 @@ def test_optimizer_state_matches_state_dict():
     assert all(torch.equal(mine[i]["momentum_buffer"], ref[i]["momentum_buffer"]) for i in ref)
 
 
-def test_normalize_matches_float64_reference():
+def test_normalize_is_the_float64_computation_bit_for_bit():
+    """Stored runs with normalize = true were computed from these exact values (same run ids), so a
+    faster path must not round differently."""
     g = torch.Generator().manual_seed(0)
     x, xt = torch.rand(500, 3, 8, 8, generator=g) * 5 + 2, torch.rand(100, 3, 8, 8, generator=g)
     a, b = normalize(x, xt)
     mean = x.double().mean(dim=(0, 2, 3), keepdim=True)
     std = x.double().std(dim=(0, 2, 3), keepdim=True)
-    assert torch.allclose(a.double(), (x.double() - mean) / std, atol=1e-5)
-    assert torch.allclose(b.double(), (xt.double() - mean) / std, atol=1e-5)
+    assert torch.equal(a, ((x - mean) / std).float())
+    assert torch.equal(b, ((xt - mean) / std).float())
     assert a.dtype == torch.float32 and abs(float(a.mean())) < 1e-5
     flat, _ = normalize(x.flatten(1), xt.flatten(1))  # one channel: a global mean and std
     assert abs(float(flat.std()) - 1) < 1e-5
