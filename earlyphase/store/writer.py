@@ -165,13 +165,12 @@ class RunWriter:
     @contextlib.contextmanager
     def attempt(self) -> Iterator[None]:
         """Training inside: an exception marks the run failed, with its message; bad input
-        (UserError) leaves the status as it was, so the run resumes once the input is fixed."""
+        (UserError) leaves the status as it was, so the run resumes once the input is fixed; an
+        interrupt (Ctrl-C) leaves it as a kill does: running, unlocked, resumed by the next identical
+        command from its last resume point."""
         try:
             yield
-        except UserError:
-            raise
-        except KeyboardInterrupt:
-            self.fail("interrupted; run again to resume from the last checkpoint")
+        except (UserError, KeyboardInterrupt):
             raise
         except Exception as e:
             self.fail(f"{type(e).__name__}: {e}")
