@@ -5,14 +5,15 @@ Finished runs are found, not trained; failed runs are skipped (with their depend
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
-from ..registry import install_entries
 from ..store import Store
 from .base import ExecutionReport, Work, check_graph, default_work, run_one, threads_per_worker, worker_entries
 from .graph import RunGraph
+from .orphan import init_worker
 from .scheduler import schedule
 
 DIED = "its worker process died ({}); run again to resume it from its last checkpoint"
@@ -66,8 +67,8 @@ class ProcessPool:
             except BrokenProcessPool:  # a worker died since the last wait: the runs in flight fail there
                 self._pool.shutdown(wait=False)
         ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
-        self._pool = ProcessPoolExecutor(max_workers=self.slots, mp_context=ctx, initializer=install_entries,
-                                         initargs=(self.entries,))
+        self._pool = ProcessPoolExecutor(max_workers=self.slots, mp_context=ctx, initializer=init_worker,
+                                         initargs=(os.getpid(), self.entries))
         self._running[self._pool.submit(run_one, self.train, cfg_data, self.root)] = rid, self._pool
 
     def wait(self) -> list[tuple[str, str | None]]:
