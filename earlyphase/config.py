@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .bounds import check_values
 from .errors import UserError
 from .registry import DATASET_REGISTRY, MODEL_REGISTRY, RECORDER_REGISTRY, preset_dirs
 from .steps import Step, parse_step
@@ -80,6 +82,7 @@ class DataConfig:
         if self.classes is not None:
             _check(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes),
                    f"data.classes must list at least two distinct classes, got {list(self.classes)}")
+        check_values(self, "data")
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class ModelConfig:
                f"model.bn_init must be 'ones' or 'uniform' (BatchNorm weights U[0, 1]), got {self.bn_init!r}")
         _check(self.norm in ("batch", "none"), f"model.norm must be 'batch' or 'none', got {self.norm!r}")
         _check(self.init_std >= 0, f"model.init_std must be >= 0 (0 = Kaiming normal), got {self.init_std}")
+        check_values(self, "model")
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ class TrainConfig:
         object.__setattr__(self, "steps", _step(self.steps, "train.steps"))
         object.__setattr__(self, "warmup", _step(self.warmup, "train.warmup"))
         object.__setattr__(self, "milestones", tuple(_step(m, "train.milestones") for m in self.milestones))
+        check_values(self, "train")
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,7 @@ class ObserveConfig:
         if self.eval_every:
             object.__setattr__(self, "eval_every", _step(self.eval_every, "observe.eval_every"))
             _check(self.eval_every not in ("0it",), "observe.eval_every must be a positive step, e.g. '100it'")
+        check_values(self, "observe")
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,7 @@ class MaskConfig:
         _check(self.kind != "magnitude" or self.from_run is not None, "mask.kind = 'magnitude' needs mask.from_run")
         _check(self.kind != "random" or self.like is not None, "mask.kind = 'random' needs mask.like")
         _check(self.level is None or self.level >= 1, f"mask.level must be >= 1, got {self.level}")
+        check_values(self, "mask")
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,7 @@ class PerturbConfig:
         _check(self.scope in ("global", "layer", "filter"),
                f"perturb.scope must be global, layer or filter, got {self.scope!r}")
         _check(self.scale >= 0, f"perturb.scale must be >= 0, got {self.scale}")
+        check_values(self, "perturb")
 
 
 @dataclass(frozen=True)
@@ -258,6 +266,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start_step", _step(self.start_step, "start_step"))
+        check_values(self, "")
 
     @property
     def run_id(self) -> str:
@@ -313,6 +322,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"config key '{where}' must be a finite number, got {value}")
             return float(value)
     elif tp is str or tp is Step:
         if isinstance(value, str):

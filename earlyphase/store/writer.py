@@ -31,7 +31,7 @@ from ..errors import UserError
 from .atomic import write_json_atomic
 from .checkpoints import load_checkpoint, save_checkpoint
 from .metrics import Row, read_rows, write_metrics
-from .runs import RunDir
+from .runs import RunDir, check_observations
 
 PARTIAL = "partial.parquet"
 MAIN = "main.parquet"
@@ -66,6 +66,7 @@ def observed(rd: RunDir) -> Observations:
     observations.json lists."""
     p = rd.path / "observations.json"
     have = rd._read_json("observations.json") if p.is_file() else {}
+    check_observations(have, rd)
     return Observations(frozenset(rd.checkpoint_steps()), frozenset(have.get("evals", ())),
                         frozenset(have.get("recorders", ())), bool(have.get("eval_train", False)))
 
@@ -90,8 +91,11 @@ class RunWriter:
     @classmethod
     @contextlib.contextmanager
     def open(cls, rd: RunDir, spec: dict) -> Iterator["RunWriter"]:
-        """Lock the run (waiting for another process that holds it) and write its spec."""
+        """Lock the run (waiting for another process that holds it) and write its spec. A run whose
+        files are damaged (RunDir.damage) starts over: it is cleared, under the lock, and retrained."""
         with rd.lock():
+            if rd.exists() and rd.damage() is not None:
+                rd.clear()
             rd.write_spec(spec)
             yield cls(rd)
 
@@ -159,8 +163,8 @@ class RunWriter:
                            have.recorders | wanted.recorders, have.eval_train or wanted.eval_train)
         write_json_atomic(self.rd.path / "observations.json", obs.to_json())
 
-    def fail(self, error: str) -> None:
-        self.rd.set_status("failed", error=error)
+    def fail(self, error: str, **extra: object) -> None:
+        self.rd.set_status("failed", error=error, **{k: v for k, v in extra.items() if v is not None})
 
     @contextlib.contextmanager
     def attempt(self) -> Iterator[None]:
@@ -173,5 +177,5 @@ class RunWriter:
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as e:
-            self.fail(f"{type(e).__name__}: {e}")
+            self.fail(f"{type(e).__name__}: {e}", step=getattr(e, "step", None))  # NonFiniteLoss knows it
             raise

@@ -21,6 +21,7 @@ from ..store import RunDir, Store
 from ..store.metrics import Row
 from ..store.writer import RunWriter, observed
 from ..threads import pinned_threads
+from .budget import check_fits
 from .data_order import DataOrder
 from .loop import LoopHooks, LoopPlan, make_optimizer, train_loop
 from .progress import ProgressBar
@@ -48,7 +49,7 @@ def resolve_device(name: str) -> torch.device:
 def stored_complete(cfg: RunConfig, store: Store) -> bool:
     """The store holds ``cfg`` finished, with every observation it asks for (no tensors are loaded)."""
     rd = store.run(run_id(cfg))
-    if not rd.exists() or rd.status()["status"] != "done":
+    if not rd.exists() or rd.damage() is not None or rd.status()["status"] != "done":
         return False
     return not observed(rd).lacks(run_schedule(cfg).observations(cfg))
 
@@ -59,6 +60,7 @@ def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> Ru
     if stored_complete(cfg, store):
         return rd
     device = resolve_device(cfg.observe.device)
+    check_fits(cfg)
     with pinned_threads(cfg.observe.threads):
         data = load_dataset(cfg.data).to(device)
         session = _Session(cfg, store, data, run_schedule(cfg, data.n_train), device, progress)
