@@ -26,6 +26,7 @@ from typing import Any
 
 from .bounds import check_values
 from .errors import UserError
+from .fingerprint import files_fingerprint
 from .registry import DATASET_REGISTRY, MODEL_REGISTRY, RECORDER_REGISTRY, preset_dirs
 from .steps import Step, parse_step
 
@@ -68,6 +69,9 @@ class DataConfig:
     atypical: float = 0.1  # prototypes: fraction of atypical samples
     atypical_alignment: float = 0.2  # prototypes: weight of the prototype in an atypical sample (typical: 1)
     sphere: bool = False  # rescale each input to norm sqrt(d) (after normalize), as the linear model needs (docs/experiments/linear_dynamics.md)
+    # fingerprint of the files a file-backed dataset reads from root: filled by run_id (data_identity),
+    # so it is part of the run id; None for generated data, whose ids stay as they were
+    content: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.n_train is None or self.n_train >= 1, f"data.n_train must be >= 1, got {self.n_train}")
@@ -382,8 +386,36 @@ def canonical_json(obj: Any) -> str:
 
 
 def run_id(cfg: RunConfig) -> str:
-    """Hash of the trajectory-determining part of a run config (16 hex digits)."""
+    """Hash of the trajectory-determining part of a run config (16 hex digits), the content of a
+    file-backed dataset's files included (data_identity)."""
+    cfg = data_identity(cfg)
     return hashlib.sha256(canonical_json(to_dict(cfg, hashed_only=True)).encode()).hexdigest()[:16]
+
+
+def data_identity(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``data.content`` filled: the fingerprint of the files its dataset reads (a
+    dataset registered with ``files``); unchanged for generated data, a config that already holds
+    it (a stored spec), or files not found (such a run cannot load its data anyway)."""
+    if cfg.data.content is not None or cfg.data.root is None:
+        return cfg
+    files = DATASET_REGISTRY.get(cfg.data.name, key="data.name").meta.get("files")
+    if files is None:
+        return cfg
+    try:
+        paths = files(cfg.data)
+    except UserError:
+        return cfg
+    return cfg.replace(data=dataclasses.replace(cfg.data, content=files_fingerprint(paths)))
+
+
+def with_current_data(cfg: RunConfig) -> RunConfig:
+    """``cfg`` identified by the files as they are now, for training: a config that names other
+    content (files changed since it was planned or stored) is a one-line UserError."""
+    now = data_identity(cfg.replace(data=dataclasses.replace(cfg.data, content=None)))
+    if cfg.data.content is not None and now.data.content != cfg.data.content:
+        raise UserError(f"the files under data.root = {cfg.data.root} changed since this run was planned "
+                        f"(content {now.data.content}, planned {cfg.data.content}); run the command again")
+    return now
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,8 +42,13 @@ def estimate_bytes(cfg: RunConfig) -> int:
 
 
 def check_fits(cfg: RunConfig) -> None:
-    """Refuse a run whose estimate exceeds the memory free now."""
-    need, have = estimate_bytes(cfg), available_bytes()
+    """Refuse a run whose estimate exceeds the memory free now. A config the estimate cannot size
+    (bad files, too few samples) is left to the loader, whose error names the exact problem."""
+    try:
+        need = estimate_bytes(cfg)
+    except UserError:
+        return
+    have = available_bytes()
     if need > have:
         raise UserError(f"this run needs about {gib(need)} of memory (data, schedule, network) but "
                         f"{gib(have)} is free; lower data.n_train/n_test, model sizes or train.steps (docs/bounds.md)")

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ..config import RunConfig, run_id, to_dict
+from ..config import RunConfig, run_id, to_dict, with_current_data
 from ..data import load_dataset
 from ..data.base import Dataset
 from ..errors import UserError
@@ -56,6 +56,7 @@ def stored_complete(cfg: RunConfig, store: Store) -> bool:
 
 def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None) -> RunDir:
     """Train ``cfg`` into ``store`` unless it is there already; returns its run directory."""
+    cfg = with_current_data(cfg)  # a file-backed dataset's content is in the run id and the spec
     rd = store.run(run_id(cfg))
     if stored_complete(cfg, store):
         return rd
