@@ -117,16 +117,19 @@ def experiment_files(store: Path) -> dict[str, bytes]:
     return out
 
 
-def survivors(pids_before: set[int]) -> list[int]:
-    """Processes running earlyphase under this benchmark's stores that were not there before."""
+def survivors(work: Path, pids_before: set[int]) -> list[int]:
+    """Processes of this benchmark's sweeps still alive: the sweeps and their pool workers, which
+    inherit its $EARLYPHASE_HOME (only the ones not there before it started)."""
+    mark = f"EARLYPHASE_HOME={work / 'home'}".encode() + b"\0"
     out = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        pid = int(environ.parent.name)
         try:
-            text = cmdline.read_bytes()
+            found = mark in environ.read_bytes() and pid not in pids_before and pid != os.getpid()
         except OSError:
             continue
-        if b"earlyphase" in text and b"chaos-" in text and int(cmdline.parent.name) not in pids_before:
-            out.append(int(cmdline.parent.name))
+        if found:
+            out.append(pid)
     return out
 
 
@@ -193,7 +196,7 @@ def main() -> int:
                               str(work / "chaos-kill")], capture_output=True, text=True, env=environment(work / "home"))
     compared = json.loads(compare.stdout.strip().splitlines()[-1]) if compare.stdout.strip() else {"pass": False}
     left = stray(work / "chaos-kill")
-    alive = survivors(pids_before)
+    alive = survivors(work, pids_before)
     children = os.times()
     out = {"kills": args.kills, "seed": args.seed, "workers": args.workers, **result, "ref_exit": ref_exit,
            "runs": len(list((work / "chaos-ref" / "runs").glob("*/spec.json"))),
