@@ -39,3 +39,20 @@ def test_ctrl_c_leaves_the_run_resumable_and_the_same_command_resumes_it(tmp_pat
     assert again.returncode == 0, again.stderr
     assert rd.status()["status"] == "done"
     assert rd.provenance()["resumed_from"][0] > 0
+
+
+def test_temporaries_a_killed_writer_left_in_a_run_are_removed_when_it_is_opened(tmp_path):
+    from earlyphase.store.writer import RunWriter
+
+    rd = Store(tmp_path).run("0123456789abcdef")
+    for d in (rd.path, rd.metrics_dir, rd.checkpoints_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    stale = [rd.metrics_dir / ".partial.parquet.abc123.tmp", rd.checkpoints_dir / ".resume.safetensors.x9.tmp",
+             rd.path / ".status.json.q1.tmp"]
+    for p in stale:
+        p.write_bytes(b"half")
+    (rd.metrics_dir / "keep.txt").write_text("not a temporary of ours")
+    with RunWriter.open(rd, {"kind": "train", "run_id": rd.id, "config": {}}):
+        pass
+    assert not any(p.exists() for p in stale)
+    assert (rd.metrics_dir / "keep.txt").exists() and (rd.path / "spec.json").is_file()

@@ -28,7 +28,7 @@ from typing import Iterator
 import torch
 
 from ..errors import UserError
-from .atomic import write_json_atomic
+from .atomic import remove_stale_temporaries, write_json_atomic
 from .checkpoints import load_checkpoint, save_checkpoint
 from .metrics import Row, read_rows, write_metrics
 from .runs import RunDir, check_observations
@@ -91,9 +91,13 @@ class RunWriter:
     @classmethod
     @contextlib.contextmanager
     def open(cls, rd: RunDir, spec: dict) -> Iterator["RunWriter"]:
-        """Lock the run (waiting for another process that holds it) and write its spec. A run whose
-        files are damaged (RunDir.damage) starts over: it is cleared, under the lock, and retrained."""
+        """Lock the run (waiting for another process that holds it) and write its spec. Temporary
+        files a killed writer left are removed (under the lock nobody else writes here); a run whose
+        files are damaged (RunDir.damage) starts over: it is cleared and retrained."""
         with rd.lock():
+            for d in (rd.path, rd.metrics_dir, rd.checkpoints_dir):
+                if d.is_dir():
+                    remove_stale_temporaries(d)
             if rd.exists() and rd.damage() is not None:
                 rd.clear()
             rd.write_spec(spec)
