@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import UserError
+from .errors import NonFiniteLoss, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,6 +104,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     store = _existing_store(args)
     table = Table("run", "status", "data", "model", "steps", "seed", "last step", "test acc", box=None)
     for rd in store.runs():
+        damage = rd.damage()
+        if damage is not None:  # one line for it; the rest of the store is listed
+            print(f"warning: {damage}", file=sys.stderr)
+            table.add_row(rd.id, "damaged", "?", "?", "?", "?", "-", "-")
+            continue
         cfg = rd.spec().get("config", {})
         status = rd.status()["status"]
         if status == "running" and not rd.is_locked():
@@ -162,11 +167,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     referenced = store.referenced_runs()
     doomed = []
     for rd in store.runs():
-        if rd.id in referenced or rd.is_locked():
+        if rd.is_locked():
             continue
-        status = rd.status()["status"]
-        if status != "done" or args.unreferenced:
-            doomed.append((rd, status))
+        status = "damaged" if rd.damage() is not None else rd.status()["status"]
+        if status == "damaged" or (rd.id not in referenced and (status != "done" or args.unreferenced)):
+            doomed.append((rd, status))  # a damaged run protects nothing: `earlyphase run` retrains it
     if not doomed:
         print("nothing to remove")
         return 0
@@ -376,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as e:  # the run is stored as failed at that step
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -23,7 +24,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .bounds import check_values
 from .errors import UserError
+from .fingerprint import files_fingerprint
 from .registry import DATASET_REGISTRY, MODEL_REGISTRY, RECORDER_REGISTRY, preset_dirs
 from .steps import Step, parse_step
 
@@ -66,6 +69,9 @@ class DataConfig:
     atypical: float = 0.1  # prototypes: fraction of atypical samples
     atypical_alignment: float = 0.2  # prototypes: weight of the prototype in an atypical sample (typical: 1)
     sphere: bool = False  # rescale each input to norm sqrt(d) (after normalize), as the linear model needs (docs/experiments/linear_dynamics.md)
+    # fingerprint of the files a file-backed dataset reads from root: filled by run_id (data_identity),
+    # so it is part of the run id; None for generated data, whose ids stay as they were
+    content: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.n_train is None or self.n_train >= 1, f"data.n_train must be >= 1, got {self.n_train}")
@@ -80,6 +86,7 @@ class DataConfig:
         if self.classes is not None:
             _check(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes),
                    f"data.classes must list at least two distinct classes, got {list(self.classes)}")
+        check_values(self, "data")
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,7 @@ class ModelConfig:
                f"model.bn_init must be 'ones' or 'uniform' (BatchNorm weights U[0, 1]), got {self.bn_init!r}")
         _check(self.norm in ("batch", "none"), f"model.norm must be 'batch' or 'none', got {self.norm!r}")
         _check(self.init_std >= 0, f"model.init_std must be >= 0 (0 = Kaiming normal), got {self.init_std}")
+        check_values(self, "model")
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,7 @@ class TrainConfig:
         object.__setattr__(self, "steps", _step(self.steps, "train.steps"))
         object.__setattr__(self, "warmup", _step(self.warmup, "train.warmup"))
         object.__setattr__(self, "milestones", tuple(_step(m, "train.milestones") for m in self.milestones))
+        check_values(self, "train")
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,7 @@ class ObserveConfig:
         if self.eval_every:
             object.__setattr__(self, "eval_every", _step(self.eval_every, "observe.eval_every"))
             _check(self.eval_every not in ("0it",), "observe.eval_every must be a positive step, e.g. '100it'")
+        check_values(self, "observe")
 
 
 @dataclass(frozen=True)
@@ -222,6 +232,7 @@ class MaskConfig:
         _check(self.kind != "magnitude" or self.from_run is not None, "mask.kind = 'magnitude' needs mask.from_run")
         _check(self.kind != "random" or self.like is not None, "mask.kind = 'random' needs mask.like")
         _check(self.level is None or self.level >= 1, f"mask.level must be >= 1, got {self.level}")
+        check_values(self, "mask")
 
 
 @dataclass(frozen=True)
@@ -243,6 +254,7 @@ class PerturbConfig:
         _check(self.scope in ("global", "layer", "filter"),
                f"perturb.scope must be global, layer or filter, got {self.scope!r}")
         _check(self.scale >= 0, f"perturb.scale must be >= 0, got {self.scale}")
+        check_values(self, "perturb")
 
 
 @dataclass(frozen=True)
@@ -264,6 +276,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start_step", _step(self.start_step, "start_step"))
+        check_values(self, "")
 
     @property
     def run_id(self) -> str:
@@ -319,6 +332,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"config key '{where}' must be a finite number, got {value}")
             return float(value)
     elif tp is str or tp is Step:
         if isinstance(value, str):
@@ -377,8 +392,36 @@ def canonical_json(obj: Any) -> str:
 
 
 def run_id(cfg: RunConfig) -> str:
-    """Hash of the trajectory-determining part of a run config (16 hex digits)."""
+    """Hash of the trajectory-determining part of a run config (16 hex digits), the content of a
+    file-backed dataset's files included (data_identity)."""
+    cfg = data_identity(cfg)
     return hashlib.sha256(canonical_json(to_dict(cfg, hashed_only=True)).encode()).hexdigest()[:16]
+
+
+def data_identity(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``data.content`` filled: the fingerprint of the files its dataset reads (a
+    dataset registered with ``files``); unchanged for generated data, a config that already holds
+    it (a stored spec), or files not found (such a run cannot load its data anyway)."""
+    if cfg.data.content is not None or cfg.data.root is None:
+        return cfg
+    files = DATASET_REGISTRY.get(cfg.data.name, key="data.name").meta.get("files")
+    if files is None:
+        return cfg
+    try:
+        paths = files(cfg.data)
+    except UserError:
+        return cfg
+    return cfg.replace(data=dataclasses.replace(cfg.data, content=files_fingerprint(paths)))
+
+
+def with_current_data(cfg: RunConfig) -> RunConfig:
+    """``cfg`` identified by the files as they are now, for training: a config that names other
+    content (files changed since it was planned or stored) is a one-line UserError."""
+    now = data_identity(cfg.replace(data=dataclasses.replace(cfg.data, content=None)))
+    if cfg.data.content is not None and now.data.content != cfg.data.content:
+        raise UserError(f"the files under data.root = {cfg.data.root} changed since this run was planned "
+                        f"(content {now.data.content}, planned {cfg.data.content}); run the command again")
+    return now
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ PACKAGE = ROOT / "earlyphase"
 # store and execute know nothing of models or data; the training loop imports no probe.
 LAYERS = {
     "earlyphase.errors": 0, "earlyphase.steps": 0, "earlyphase.threads": 0, "earlyphase._version": 0,
-    "earlyphase.registry": 0, "earlyphase.memory": 0, "earlyphase.devices": 0,
+    "earlyphase.registry": 0, "earlyphase.memory": 0, "earlyphase.devices": 0, "earlyphase.bounds": 0,
+    "earlyphase.fingerprint": 0,
     "earlyphase.config": 1,
     "earlyphase.store": 2,
     "earlyphase.execute": 3,

@@ -332,11 +332,16 @@ def test_store_that_cannot_be_written(ep, tmp_path, snapshot, argv, needle):
 
 
 def test_damaged_run_directory(ep, store, rid, snapshot):
+    """Reading commands name the damaged file in one line and change nothing; `ls` lists the rest
+    (tests/test_faults_damaged.py); training the same config retrains the damaged run."""
     (store / "runs" / rid / "status.json").write_text("{not json")
     before = snapshot(store)
-    for argv in (["ls"], ["show", rid], ["train", *TINY]):
-        assert_one_line_error(ep(*argv, "--store", store), "status.json", "remove")
+    assert_one_line_error(ep("show", rid, "--store", store), "status.json", "removes it")
+    res = ep("ls", "--store", store)
+    assert res.code == 0 and "damaged" in res.out and res.err.count("\n") == 1 and "status.json" in res.err
     assert snapshot(store) == before
+    assert ep("train", *TINY, "--store", store).code == 0
+    assert json.loads((store / "runs" / rid / "status.json").read_text())["status"] == "done"
 
 
 # ------------------------------------------------------------------------------------ argparse

@@ -139,14 +139,16 @@ def test_pool_workers_take_the_visible_gpus_round_robin(monkeypatch):
     import multiprocessing
     import os
 
+    from earlyphase.execute import local
     from earlyphase.execute.local import init_worker, visible_gpus
 
+    monkeypatch.setattr(local, "die_with_parent", lambda parent_pid: None)  # this is no pool worker
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
     assert visible_gpus() == ["3", "5"]
     counter = multiprocessing.get_context("spawn").Value("i", 0)
     seen = []
     for _ in range(3):
-        init_worker([], ["3", "5"], counter)
+        init_worker(os.getppid(), [], ["3", "5"], counter)
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
     assert seen == ["3", "5", "3"]
     assert ExecOptions(device="cpu").batch_runs_for(RunGraph()) == 1 and not ExecOptions(device="cpu").cuda

@@ -30,10 +30,11 @@ from .transforms import (blur, color_dominance, crop_flip, draw_crop_flip, energ
 
 Loader = Callable[[DataConfig], Dataset]
 InfoFn = Callable[[DataConfig], "DatasetInfo | None"]
+FilesFn = Callable[[DataConfig], "list[Path]"]
 
 
 def register_dataset(name: str, load: Loader, *, info: InfoFn, generated: bool = False,
-                     example: dict | None = None) -> Loader:
+                     example: dict | None = None, files: FilesFn | None = None) -> Loader:
     """Make ``data.name = name`` load ``load(cfg)``: the source's train and test tensors, before the
     options every dataset takes (classes, caps, tasks, normalize, ...), which earlyphase applies.
 
@@ -41,8 +42,10 @@ def register_dataset(name: str, load: Loader, *, info: InfoFn, generated: bool =
     it cannot tell; the data are then loaded to find out). ``generated``: a pure function of the config
     (cached in the process; ``n_train``/``n_test`` are the numbers generated); otherwise a fixed set of
     files, where asking for more samples than a split has is an error. ``example``: DataConfig fields of
-    a small instance, for the contract tests (docs/plugins.md)."""
-    return DATASET_REGISTRY.register(name, load, info=info, generated=generated, example=dict(example or {}))
+    a small instance, for the contract tests (docs/plugins.md). ``files(cfg)``: the files the loader
+    reads from ``data.root``; their content is then part of the run id (docs/store.md "Data identity")."""
+    meta = {"files": files} if files is not None else {}
+    return DATASET_REGISTRY.register(name, load, info=info, generated=generated, example=dict(example or {}), **meta)
 
 
 for _name, _module, _generated, _example in (
@@ -53,7 +56,8 @@ for _name, _module, _generated, _example in (
         ("cifar10", cifar10, False, {}),
         ("mnist", idx, False, {}),
         ("fashion_mnist", idx, False, {})):
-    register_dataset(_name, _module.load, info=_module.info, generated=_generated, example=_example)
+    register_dataset(_name, _module.load, info=_module.info, generated=_generated, example=_example,
+                     files=getattr(_module, "files", None))
 
 TASKS = ("classify", "rotation", "color_dominance", "energy_half")
 

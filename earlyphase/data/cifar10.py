@@ -141,6 +141,13 @@ def find_layout(root: str | None) -> tuple[Path, str]:
     raise UserError(f"{base} does not hold the CIFAR-10 batches: expected {LAYOUT}")
 
 
+def files(cfg: DataConfig) -> list[Path]:
+    """The six batch files a load reads, in order (their content is in the run id)."""
+    where, fmt = find_layout(cfg.root)
+    suffix = "" if fmt == "py" else ".bin"
+    return [where / f"{name}{suffix}" for name in (*TRAIN_BATCHES, TEST_BATCH)]
+
+
 def _check_labels(y: np.ndarray, path: Path) -> None:
     if y.size and (y.min() < 0 or y.max() > 9):
         raise UserError(f"{path} has labels outside 0..9; replace it with the official file")

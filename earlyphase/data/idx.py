@@ -87,6 +87,12 @@ def find_files(root: str | None, name: str) -> dict[str, Path]:
     raise UserError(f"{base} does not hold the {name} files: expected {LAYOUT}")
 
 
+def files(cfg: DataConfig) -> list[Path]:
+    """The four IDX files a load reads, in order (their content is in the run id)."""
+    found = find_files(cfg.root, cfg.name)
+    return [found[key] for key in FILES]
+
+
 def _split(files: dict[str, Path], part: str) -> tuple[torch.Tensor, torch.Tensor]:
     images = read_idx(files[f"{part}_images"], 3)
     labels = read_idx(files[f"{part}_labels"], 1)

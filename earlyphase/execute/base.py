@@ -86,8 +86,12 @@ def default_work() -> Work:
 
 
 def stored_status(store: Store, rid: str) -> str:
+    """The run's status; "damaged" for a run whose status cannot be read (the engine retrains it)."""
     rd = store.run(rid)
-    return rd.status()["status"] if rd.exists() else "pending"
+    try:
+        return rd.status()["status"] if rd.exists() else "pending"
+    except UserError:
+        return "damaged"
 
 
 def with_threads(cfg: RunConfig, threads: int | None) -> RunConfig:

@@ -15,6 +15,7 @@ from ..store import Store
 from .base import (ExecOptions, ExecutionReport, Work, check_graph, default_work, run_job, threads_per_worker,
                    worker_entries)
 from .graph import RunGraph
+from .orphan import die_with_parent
 from .scheduler import schedule
 
 DIED = "its worker process died ({}); run again to resume it from its last checkpoint"
@@ -30,9 +31,11 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
-def init_worker(entries: list[Any], gpus: list[str], counter: Any) -> None:
-    """A pool worker's start: the run-time registrations, and with several GPUs its own one, round
-    robin by start order (set before CUDA starts in this process, so ``cuda`` means that GPU)."""
+def init_worker(parent_pid: int, entries: list[Any], gpus: list[str], counter: Any) -> None:
+    """A pool worker's start: its life tied to its parent's (a killed sweep leaves no worker behind),
+    the run-time registrations, and with several GPUs its own one, round robin by start order (set
+    before CUDA starts in this process, so ``cuda`` means that GPU)."""
+    die_with_parent(parent_pid)
     if gpus:
         with counter.get_lock():
             index, counter.value = counter.value, counter.value + 1
@@ -93,7 +96,7 @@ class ProcessPool:
                 self._pool.shutdown(wait=False)
         ctx = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
         self._pool = ProcessPoolExecutor(max_workers=self.slots, mp_context=ctx, initializer=init_worker,
-                                         initargs=(self.entries, self.gpus, ctx.Value("i", 0)))
+                                         initargs=(os.getpid(), self.entries, self.gpus, ctx.Value("i", 0)))
         self._running[self._pool.submit(*job)] = rids, self._pool
 
     def wait(self) -> list[tuple[str, str | None]]:

@@ -19,7 +19,7 @@ import torch
 from ..errors import UserError
 from .atomic import write_bytes_atomic, write_json_atomic
 from .checkpoints import load_checkpoint, save_checkpoint
-from .metrics import read_metrics
+from .metrics import MetricFileError, check_metric_file, read_metrics
 
 STATUSES = ("pending", "running", "done", "failed")
 
@@ -99,6 +99,14 @@ class Store:
         return refs
 
 
+def check_observations(data: dict, rd: "RunDir") -> None:
+    """observations.json holds lists of steps and recorders and a flag, or the run is damaged."""
+    for key, kind in (("evals", int), ("recorders", str), ("checkpoints", int)):
+        v = data.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, kind) and not isinstance(x, bool) for x in v):
+            raise rd.damaged("observations.json", f"malformed ('{key}' is not a list of {kind.__name__})")
+
+
 @contextlib.contextmanager
 def exclusive(lock_file: Path, *, wait: bool = True) -> Iterator[bool]:
     """Hold an ``fcntl.flock`` lock on ``lock_file`` (created with its directory); yields False if
@@ -167,10 +175,42 @@ class RunDir:
 
     def _read_json(self, name: str) -> dict:
         try:
-            return json.loads((self.path / name).read_text())
+            data = json.loads((self.path / name).read_text())
         except (OSError, ValueError) as e:
-            raise UserError(f"{self.path / name} is unreadable ({e}); the run directory is damaged: "
-                            f"remove {self.path} and run again") from None
+            raise self.damaged(name, f"unreadable: {str(e).splitlines()[0][:80]}") from None
+        if not isinstance(data, dict):
+            raise self.damaged(name, f"not a JSON object but {type(data).__name__}")
+        if name == "status.json" and data.get("status") not in STATUSES:
+            raise self.damaged(name, f"status {data.get('status')!r} is not one of {', '.join(STATUSES)}")
+        return data
+
+    def damaged(self, name: str, why: str) -> UserError:
+        """The one-line error for a damaged file of this run, with the fix."""
+        return UserError(f"run {self.id} is damaged: {self.path / name} is {why}; `earlyphase run` (or `train`) "
+                         f"retrains it, `earlyphase gc --yes` removes it")
+
+    def damage(self) -> UserError | None:
+        """What is wrong with this run's files, if anything (cheap: JSON files, Parquet footers, and
+        that a done run holds its main metrics), so a damaged run is retrained, not served."""
+        try:
+            self.spec()
+            status = self.status()["status"]
+            self.provenance()
+            if (self.path / "observations.json").is_file():
+                check_observations(self._read_json("observations.json"), self)
+            if status == "done" and not (self.metrics_dir / "main.parquet").is_file():
+                raise self.damaged("metrics/main.parquet", "missing although the run is done")
+            for f in sorted(self.metrics_dir.glob("*.parquet")) if self.metrics_dir.is_dir() else []:
+                check_metric_file(f, self)
+        except UserError as e:
+            return e
+        return None
+
+    def clear(self) -> None:
+        """Remove every file of the run but its lock (held by the caller): a damaged run starts over."""
+        for p in self.path.iterdir():
+            if p.name != ".lock":
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     def write_spec(self, spec: dict) -> None:
         if self.exists():
@@ -202,7 +242,10 @@ class RunDir:
         return load_checkpoint(self.checkpoint_path(step))
 
     def metrics(self):
-        return read_metrics(self.metrics_dir)
+        try:
+            return read_metrics(self.metrics_dir)
+        except MetricFileError as e:
+            raise self.damaged(f"metrics/{e.path.name}", f"unreadable ({e.reason})") from None
 
     def remove(self) -> None:
         shutil.rmtree(self.path)

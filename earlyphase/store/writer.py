@@ -28,10 +28,10 @@ from typing import Iterator
 import torch
 
 from ..errors import UserError
-from .atomic import write_json_atomic
+from .atomic import remove_stale_temporaries, write_json_atomic
 from .checkpoints import load_checkpoint, save_checkpoint
 from .metrics import Row, read_rows, write_metrics
-from .runs import RunDir
+from .runs import RunDir, check_observations
 
 PARTIAL = "partial.parquet"
 MAIN = "main.parquet"
@@ -66,6 +66,7 @@ def observed(rd: RunDir) -> Observations:
     observations.json lists."""
     p = rd.path / "observations.json"
     have = rd._read_json("observations.json") if p.is_file() else {}
+    check_observations(have, rd)
     return Observations(frozenset(rd.checkpoint_steps()), frozenset(have.get("evals", ())),
                         frozenset(have.get("recorders", ())), bool(have.get("eval_train", False)))
 
@@ -90,8 +91,15 @@ class RunWriter:
     @classmethod
     @contextlib.contextmanager
     def open(cls, rd: RunDir, spec: dict) -> Iterator["RunWriter"]:
-        """Lock the run (waiting for another process that holds it) and write its spec."""
+        """Lock the run (waiting for another process that holds it) and write its spec. Temporary
+        files a killed writer left are removed (under the lock nobody else writes here); a run whose
+        files are damaged (RunDir.damage) starts over: it is cleared and retrained."""
         with rd.lock():
+            for d in (rd.path, rd.metrics_dir, rd.checkpoints_dir):
+                if d.is_dir():
+                    remove_stale_temporaries(d)
+            if rd.exists() and rd.damage() is not None:
+                rd.clear()
             rd.write_spec(spec)
             yield cls(rd)
 
@@ -159,20 +167,19 @@ class RunWriter:
                            have.recorders | wanted.recorders, have.eval_train or wanted.eval_train)
         write_json_atomic(self.rd.path / "observations.json", obs.to_json())
 
-    def fail(self, error: str) -> None:
-        self.rd.set_status("failed", error=error)
+    def fail(self, error: str, **extra: object) -> None:
+        self.rd.set_status("failed", error=error, **{k: v for k, v in extra.items() if v is not None})
 
     @contextlib.contextmanager
     def attempt(self) -> Iterator[None]:
         """Training inside: an exception marks the run failed, with its message; bad input
-        (UserError) leaves the status as it was, so the run resumes once the input is fixed."""
+        (UserError) leaves the status as it was, so the run resumes once the input is fixed; an
+        interrupt (Ctrl-C) leaves it as a kill does: running, unlocked, resumed by the next identical
+        command from its last resume point."""
         try:
             yield
-        except UserError:
-            raise
-        except KeyboardInterrupt:
-            self.fail("interrupted; run again to resume from the last checkpoint")
+        except (UserError, KeyboardInterrupt):
             raise
         except Exception as e:
-            self.fail(f"{type(e).__name__}: {e}")
+            self.fail(f"{type(e).__name__}: {e}", step=getattr(e, "step", None))  # NonFiniteLoss knows it
             raise

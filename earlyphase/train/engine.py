@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ..config import RunConfig, run_id, to_dict
+from ..config import RunConfig, run_id, to_dict, with_current_data
 from ..data import load_dataset
 from ..data.base import Dataset
 from ..devices import resolve_device
@@ -22,6 +22,7 @@ from ..store.metrics import Row
 from ..store.writer import RunWriter, observed
 from ..threads import pinned_threads
 from . import mode
+from .budget import check_fits
 from .data_order import DataOrder
 from .loop import LoopHooks, LoopPlan, make_optimizer, train_loop
 from .progress import ProgressBar
@@ -36,7 +37,7 @@ from .start import StartState, initial_state_fn, resolve_start
 def stored_complete(cfg: RunConfig, store: Store) -> bool:
     """The store holds ``cfg`` finished, with every observation it asks for (no tensors are loaded)."""
     rd = store.run(run_id(cfg))
-    if not rd.exists() or rd.status()["status"] != "done":
+    if not rd.exists() or rd.damage() is not None or rd.status()["status"] != "done":
         return False
     return not observed(rd).lacks(run_schedule(cfg).observations(cfg))
 
@@ -44,10 +45,12 @@ def stored_complete(cfg: RunConfig, store: Store) -> bool:
 def execute(cfg: RunConfig, store: Store, *, progress: bool | None = None, execution: dict | None = None) -> RunDir:
     """Train ``cfg`` into ``store`` unless it is there already; returns its run directory. ``execution``:
     how it was scheduled, for provenance (a run a batched group could not take says why)."""
+    cfg = with_current_data(cfg)  # a file-backed dataset's content is in the run id and the spec
     rd = store.run(run_id(cfg))
     if stored_complete(cfg, store):
         return rd
     device = resolve_device(cfg.observe.device)
+    check_fits(cfg)
     with pinned_threads(cfg.observe.threads), mode.deterministic(cfg):
         data = load_dataset(cfg.data, device)
         session = _Session(cfg, store, data, run_schedule(cfg, data.n_train), device, progress)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..config import TrainConfig
 from ..data.base import Dataset
 from ..data.transforms import crop_flip
+from ..errors import NonFiniteLoss, UserError
 from ..store.metrics import Row
 from .data_order import DataOrder
 from .optim import make_optimizer, step_function
@@ -142,6 +143,29 @@ class _Update:
                 torch._foreach_mul_(self.params, self.masks)
 
 
+class FiniteGuard:
+    """The first step whose loss was NaN or infinite, tracked on the device in four in-place ops a step
+    (no host sync, no allocation): ``alive`` stays 1 while every loss so far was finite, ``good``
+    counts those steps. :meth:`check` reads it back where the loop reads values anyway (evaluation,
+    checkpoint, resume point, progress, the end) and raises :class:`NonFiniteLoss` with the step."""
+
+    def __init__(self, device: torch.device, start: int) -> None:
+        self.start = start
+        self.bad = torch.zeros((), device=device)  # this step: 0 finite, 1 not
+        self.alive = torch.ones((), device=device)
+        self.good = torch.zeros((), device=device, dtype=torch.float64)
+
+    def update(self, loss: torch.Tensor) -> None:
+        torch.mul(loss.detach(), 0, out=self.bad)  # 0, or NaN for a NaN or infinite loss
+        self.bad.nan_to_num_(nan=1.0)
+        self.alive.addcmul_(self.alive, self.bad, value=-1.0)
+        self.good.add_(self.alive)
+
+    def check(self) -> None:
+        if float(self.alive) == 0.0:
+            raise NonFiniteLoss(self.start + int(self.good))
+
+
 def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Dataset, order: DataOrder,
                cfg: TrainConfig, plan: LoopPlan, hooks: LoopHooks, recorders: list[Recorder],
                mask: dict[torch.nn.Parameter, torch.Tensor] | None, rows: list[Row], eval_train: bool,
@@ -150,7 +174,7 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: D
     update, batches = _Update(optimizer, mask), _Batches(data, order)
     observe = _Observer(model, data, cfg.loss, plan, hooks, recorders, rows, eval_train, eval_batch)
     loss_sum = torch.zeros((), device=data.x_train.device)
-    loss_count = 0
+    loss_count, guard = 0, FiniteGuard(data.x_train.device, plan.start)
     model.train()
     for r in recorders:
         r.start(record_ctx)
@@ -164,15 +188,20 @@ def train_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: D
         loss = compute_loss(cfg.loss, model(xb), yb)
         update(loss)
         loss_sum.add_(loss.detach())
+        guard.update(loss)
         loss_count += 1
         step = t + 1
         for r in recorders:
             r.after_step(model, step, loss)
         if step in plan.evals or step in plan.checkpoints:
+            guard.check()
             observe(step)
         if hooks.progress is not None and plan.progress_every and (step % plan.progress_every == 0 or step == plan.end):
+            guard.check()
             hooks.progress(step, loss_sum, loss_count, observe.last_acc)
             loss_sum.zero_()
             loss_count = 0
         if step % plan.resume_every == 0 and step < plan.end:
+            guard.check()
             hooks.resume(step, rows)
+    guard.check()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..bounds import check_total_steps
 from ..config import RunConfig, TrainConfig
 from ..data import dataset_info
 from ..errors import UserError
@@ -89,6 +90,7 @@ class RunSchedule:
         start = 0 if cfg.restart_schedule else cfg.start_step.to_iterations(spe)
         if total < 1:
             raise UserError(f"train.steps = {str(cfg.train.steps)!r} is no training at all; ask for at least 1it")
+        check_total_steps(total, str(cfg.train.steps))
         if start > total:
             raise UserError(f"start step {start} is beyond the training length {total}; "
                             "start earlier or lengthen train.steps")
@@ -107,7 +109,7 @@ class RunSchedule:
 def _eval_steps(cfg: RunConfig, spe: int, start: int, total: int, ckpts: list[int]) -> list[int]:
     evals = set(ckpts) | {start, total}
     if cfg.observe.eval_dense_until:
-        evals.update(range(start, cfg.observe.eval_dense_until.to_iterations(spe) + 1))
+        evals.update(range(start, min(total, cfg.observe.eval_dense_until.to_iterations(spe)) + 1))
     if cfg.observe.eval_every:
         every = cfg.observe.eval_every.to_iterations(spe)
         if every < 1:
