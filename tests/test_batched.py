@@ -129,3 +129,16 @@ def test_a_refused_run_that_fails_fails_alone(tmp_path):
     errors = batched.train_group([graph.nodes[good], graph.nodes[bad]], store)
     assert errors[good] is None and "no checkpoint at step 7" in errors[bad]
     assert store.run(good).status()["status"] == "done"
+
+
+def test_a_diverging_group_fails_at_its_step_and_stores_nothing_as_done(tmp_path):
+    """Runs of a batched group whose loss becomes NaN or infinite are marked failed with the step of
+    the first such evaluation, never stored as done (runs of one group share the learning rate)."""
+    store = Store(tmp_path)
+    graph = RunGraph()
+    rids = [graph.add(cfg_of("train.lr=1e30", seed=s)) for s in range(2)]
+    errors = batched.train_group([graph.nodes[r] for r in rids], store)
+    for rid in rids:
+        status = store.run(rid).status()
+        assert status["status"] == "failed" and "NaN or infinite" in status["error"] and status["step"] == 5  # the first evaluation (a checkpoint) after it
+        assert "NaN or infinite" in errors[rid]

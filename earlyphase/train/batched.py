@@ -13,22 +13,24 @@ runs train alone, and their provenance says why."""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from ..config import RunConfig, canonical_json, run_id, to_dict
+from ..config import RunConfig, canonical_json, run_id, to_dict, with_current_data
 from ..data import load_dataset
 from ..data.transforms import crop_flip
 from ..devices import resolve_device
-from ..errors import UserError
+from ..errors import NonFiniteLoss, UserError
 from ..store import Store
 from ..store.metrics import Row
 from ..store.writer import RunWriter
 from ..threads import pinned_threads
 from . import mode
+from .budget import check_fits
 from .data_order import DataOrder
 from .engine import execute, stored_complete
 from .optim import load_optimizer_state, make_optimizer, no_dynamo, optimizer_state, step_function
@@ -62,12 +64,12 @@ def batch_key(cfg: RunConfig) -> str | None:
 def train_group(cfgs: list[RunConfig], store: Store) -> dict[str, str | None]:
     """Train a planned group batched (an error fails every run of it); runs the group cannot take
     train alone, one after another, saying why: returns each run's error or None."""
+    cfgs = [with_current_data(c) for c in cfgs]  # a file-backed dataset's content is in the run id
     todo = [c for c in cfgs if not stored_complete(c, store)]
     reason = _group_refusal(todo, store)
     if reason is None:
-        if todo:
-            _Group(todo, store).run()
-        return {run_id(c): None for c in cfgs}
+        errors = _Group(todo, store).run() if todo else {}
+        return {run_id(c): errors.get(run_id(c)) for c in cfgs}
     errors: dict[str, str | None] = {run_id(c): None for c in cfgs}
     for cfg in todo:
         try:
@@ -136,9 +138,11 @@ class _Group:
         self.cfgs, self.store, self.cfg = cfgs, store, cfgs[0]
         self.rids = [run_id(c) for c in cfgs]
 
-    def run(self) -> None:
+    def run(self) -> dict[str, str]:
+        """Train the group; returns the errors of runs whose loss became NaN or infinite."""
         cfg = self.cfg
         self.device = resolve_device(cfg.observe.device)
+        check_fits(cfg)
         with pinned_threads(cfg.observe.threads), mode.deterministic(cfg):
             self.data = load_dataset(cfg.data, self.device)
             self.sched = run_schedule(cfg, self.data.n_train)
@@ -149,10 +153,12 @@ class _Group:
                     for rid, c in zip(self.rids, self.cfgs)]
                 for w in writers:
                     stack.enter_context(w.attempt())
-                self._train(writers, starts)
+                return self._train(writers, starts)
 
-    def _train(self, writers: list[RunWriter], starts: list[StartState]) -> None:
-        """Restore resume points (each through the single-run path), stack, train, finish each run."""
+    def _train(self, writers: list[RunWriter], starts: list[StartState]) -> dict[str, str]:
+        """Restore resume points (each through the single-run path), stack, train, finish each run:
+        done, or failed at the first evaluation whose loss is not finite (the values the loop reads
+        back anyway; the single-run loop also flags the training loss on the device)."""
         t0 = time.time()
         first, rows = self.sched.start, [list(s.rows) for s in starts]
         momentum = []
@@ -169,8 +175,16 @@ class _Group:
         stack = _Stack(starts)
         opt = _stacked_optimizer(self.cfg, stack, momentum)
         _Loop(self, writers, stack, opt, rows).run(first)
+        errors = {}
         for w, cfg, r in zip(writers, self.cfgs, rows):
-            w.finish(r, self.sched.observations(cfg), time.time() - t0)
+            bad = min((row[0] for row in r if row[1] == "loss" and not math.isfinite(row[4])), default=None)
+            if bad is None:
+                w.finish(r, self.sched.observations(cfg), time.time() - t0)
+            else:
+                error = NonFiniteLoss(bad)
+                w.fail(f"NonFiniteLoss: {error}", step=bad)
+                errors[w.rd.id] = str(error)
+        return errors
 
 
 def _stacked_optimizer(cfg: RunConfig, stack: _Stack, momentum: list[dict]) -> torch.optim.SGD:
