@@ -13,7 +13,7 @@ from ..config import RunConfig
 from ..data import dataset_info
 from ..errors import UserError
 from ..memory import available_bytes, gib
-from ..models import build_model
+from ..registry import MODEL_REGISTRY
 from .schedules import run_schedule
 
 BYTES_PER_LR = 32  # a Python float in a list: the pointer and the object
@@ -22,10 +22,12 @@ PARAM_COPIES = 5  # weights, gradient, two optimizer buffers (Adam), a checkpoin
 
 def parameter_count(cfg: RunConfig, input_shape: tuple[int, ...], out_dim: int) -> int:
     """The network's parameters, counted without allocating them (0 if the model cannot be built
-    on the meta device; it is then built for real, and a failure there is the model's own)."""
+    on the meta device; it is then built for real, and a failure there is the model's own). Built by
+    its builder alone: earlyphase's initialization on meta tensors would import torch's compiler."""
     try:
+        build = MODEL_REGISTRY.get(cfg.model.name, key="model.name").value
         with torch.device("meta"):
-            model = build_model(cfg.model, input_shape, out_dim)
+            model = build(cfg.model, input_shape, out_dim)
     except Exception:  # noqa: BLE001 - an estimate, never a reason to fail
         return 0
     return sum(p.numel() for p in model.parameters())
