@@ -1,4 +1,4 @@
-"""Overhead of the early-phase statistics recorder (SPEC §2.3) on a training step.
+"""Overhead of the early-phase statistics recorder (docs/experiments/early_stats.md) on a training step.
 
 The issue's ratio: step time with every per-step §2.3 statistic (all but evaluation and the
 final-weight ones) recorded at every step, to step time with none. Both arms drive the real hot loop,

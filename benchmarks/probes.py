@@ -1,4 +1,4 @@
-"""Closed-form linear decoder against the paper code's Adam decoder (SPEC §4.1), side by side in one
+"""Closed-form linear decoder against the paper code's Adam decoder (docs/experiments/learning_phases.md), side by side in one
 run on the same activations.
 
 Workload: the penultimate features (``pool``, 512) of vgg8_phases at initialisation (paper widths)
