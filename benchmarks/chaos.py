@@ -34,6 +34,12 @@ SWEEP = ['levels=2', 'rewind=["0it", "40it"]', 'run.train.steps="200it"', 'run.t
          'run.data.n_train=400', 'run.data.n_test=200', 'run.train.batch_size=50', 'run.observe.eval_every="50it"']
 
 
+def _default_sigint() -> None:
+    """Ctrl-C's default disposition in the child: a shell without job control starts background jobs
+    with SIGINT ignored, and Python would then install no handler and ignore the interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def command(store: Path, workers: int) -> list[str]:
     return [sys.executable, "-m", "earlyphase.cli", "run", "rewinding", "--store", str(store), "--quiet",
             "--seeds", "2", "--workers", str(workers), *sum((["--set", o] for o in SWEEP), [])]
@@ -72,7 +78,8 @@ def interrupted(cmd: list[str], env: dict, store: Path, moment: tuple[str, float
     planning), or ("write", n) once it has written n files (then a random few ms later, so the kill
     lands anywhere between two writes); its exit code if it ended first."""
     since = time.time()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_default_sigint)
     if moment[0] == "write":
         while proc.poll() is None and written(store, since) < moment[1]:
             time.sleep(0.01)

@@ -23,7 +23,10 @@ def _cmd(store):
 def test_ctrl_c_leaves_the_run_resumable_and_the_same_command_resumes_it(tmp_path):
     env = {**os.environ, "EARLYPHASE_HOME": str(tmp_path / "home")}
     rid = run_id(load_run_config(preset="laptop", overrides=TINY))
-    proc = subprocess.Popen(_cmd(tmp_path / "s"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell without job control starts background jobs with SIGINT ignored, and Python then installs
+    # no Ctrl-C handler: give the child the default disposition, as a terminal would
+    proc = subprocess.Popen(_cmd(tmp_path / "s"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     resume = tmp_path / "s" / "runs" / rid / "checkpoints" / "resume.safetensors"
     deadline = time.time() + 120
     while not resume.exists() and proc.poll() is None and time.time() < deadline:
