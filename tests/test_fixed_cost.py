@@ -38,6 +38,40 @@ def test_a_run_and_its_resume_import_no_dynamo(tmp_path):
     assert result == {"same": True, "dynamo": False}
 
 
+def test_an_adam_run_imports_no_dynamo(tmp_path):
+    code = (
+        "import sys, json\n"
+        "from earlyphase.api import train\n"
+        f"train(preset='laptop', store={str(tmp_path)!r}, overrides=['train.steps=\"30it\"', 'data.n_train=400',"
+        " 'data.n_test=100', 'observe.eval_every=\"\"', 'train.optimizer=\"adam\"', 'train.lr=0.001'], progress=False)\n"
+        "print(json.dumps({'dynamo': 'torch._dynamo' in sys.modules}))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"dynamo": False}
+
+
+def test_adam_step_without_wrappers_is_adam_step():
+    import dataclasses
+
+    from earlyphase.config import TrainConfig
+    from earlyphase.train.optim import make_optimizer, step_function
+
+    def trained(plain: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        o = make_optimizer(dataclasses.replace(TrainConfig(), optimizer="adam", lr=0.01, weight_decay=1e-3), m)
+        step = step_function(o) if plain else o.step
+        g = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            for p in m.parameters():
+                p.grad = None
+            m(torch.randn(8, 3, generator=g)).square().mean().backward()
+            step()
+        return [p.detach().clone() for p in m.parameters()] + [o.state[p]["exp_avg_sq"] for p in m.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(trained(True), trained(False)))
+
+
 def test_optimizer_state_matches_state_dict():
     from earlyphase.config import TrainConfig
     from earlyphase.train.optim import make_optimizer, optimizer_state

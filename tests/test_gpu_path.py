@@ -153,3 +153,18 @@ def test_pool_workers_take_the_visible_gpus_round_robin(monkeypatch):
     assert seen == ["3", "5", "3"]
     assert ExecOptions(device="cpu").batch_runs_for(RunGraph()) == 1 and not ExecOptions(device="cpu").cuda
     assert ExecOptions(batch_runs=None).batch_runs_for(RunGraph()) == 1  # the CPU rule: single
+
+
+def test_device_option_moves_the_analysis_too(tmp_path):
+    """Runs configured for CUDA, ``device="cpu"`` given: training and the HVP analysis both run on the
+    CPU (the analysis used to follow the runs' configured device and ask for CUDA)."""
+    import earlyphase
+    from earlyphase.devices import analysis_device, analysis_on
+
+    with analysis_on("cpu"):
+        assert analysis_device("cuda:0") == torch.device("cpu")
+    assert analysis_device("cpu") == torch.device("cpu")
+    tiny = ['run.train.steps="20it"', 'run.train.milestones=["10it"]', 'run.data.n_train=300', 'run.data.n_test=100',
+            'run.observe.eval_every=""', 'run.observe.device="cuda"', "subset=100"]
+    exp = earlyphase.run("gradient_subspace", overrides=tiny, seeds=1, store=tmp_path / "s", device="cpu")
+    assert exp.results.fraction.between(0, 1).all() and len(exp.results) > 1

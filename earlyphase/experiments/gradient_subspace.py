@@ -14,6 +14,7 @@ import torch
 
 from ..config import RunConfig, _check, to_dict
 from ..data import Dataset, load_dataset
+from ..devices import analysis_device
 from ..errors import UserError
 from ..models import build_model
 from ..probes.batchnorm import has_batchnorm, reestimate_bn
@@ -140,9 +141,8 @@ def _subset(cfg: GradientSubspaceConfig, data: Dataset, device: torch.device) ->
 
 
 def _measure(cfg: GradientSubspaceConfig, plan: SubspacePlan, store: Store, rid: str, rcfg: RunConfig) -> pd.DataFrame:
-    from ..train.engine import resolve_device
 
-    device = resolve_device(rcfg.observe.device)
+    device = analysis_device(rcfg.observe.device)
     data = load_dataset(rcfg.data)
     x, y = _subset(cfg, data, device)
     ref_step = plan.drops[0] if plan.drops else plan.steps[-1]

@@ -15,6 +15,7 @@ import torch
 
 from ..config import RunConfig, _check
 from ..data import load_dataset
+from ..devices import analysis_device
 from ..probes import interpolation as I
 from ..store import Store
 from ..threads import pinned_threads
@@ -133,9 +134,8 @@ def _pair(plan: InstabilityPlan, cfg: InstabilityConfig, seed: int, level: int, 
 
 def path_tables(cfg: InstabilityConfig, plan: InstabilityPlan, store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per pair: both copies' accuracies, density, the error along the path and its barrier."""
-    from ..train.engine import resolve_device
 
-    device = resolve_device(cfg.run.observe.device)
+    device = analysis_device(cfg.run.observe.device)
     data = load_dataset(cfg.run.data).to(device)
     weights = I.alphas(cfg.points)
     rows, paths = [], []

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from ..config import _merge, apply_overrides, canonical_json, check_names, from_dict, preset_path, read_toml, to_dict
+from ..devices import analysis_on
 from ..errors import UserError
 from ..registry import EXPERIMENT_REGISTRY
 from ..store import Store
@@ -180,7 +181,8 @@ def run_experiment(name: str, *, preset: str = "laptop", config: str | Path | di
         first = next(iter(report.failed.items()), (None, None))
         raise RunsFailed(f"{len(report.failed)} runs failed and {len(report.blocked)} could not start"
                          f" (first: {first[0]}: {first[1]}); fix the cause and run again with --retry-failed")
-    return finish(exp, cfg, plan, st, directory, preset=preset, started=t0)
+    with analysis_on(options.device if options is not None else None):
+        return finish(exp, cfg, plan, st, directory, preset=preset, started=t0)
 
 
 def finish(exp: ExperimentDef, cfg: Any, plan: Plan, store: Store, directory: Path, *, preset: str,
