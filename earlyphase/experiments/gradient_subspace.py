@@ -141,7 +141,6 @@ def _subset(cfg: GradientSubspaceConfig, data: Dataset, device: torch.device) ->
 
 
 def _measure(cfg: GradientSubspaceConfig, plan: SubspacePlan, store: Store, rid: str, rcfg: RunConfig) -> pd.DataFrame:
-
     device = analysis_device(rcfg.observe.device)
     data = load_dataset(rcfg.data)
     x, y = _subset(cfg, data, device)

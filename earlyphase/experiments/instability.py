@@ -134,7 +134,6 @@ def _pair(plan: InstabilityPlan, cfg: InstabilityConfig, seed: int, level: int, 
 
 def path_tables(cfg: InstabilityConfig, plan: InstabilityPlan, store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per pair: both copies' accuracies, density, the error along the path and its barrier."""
-
     device = analysis_device(cfg.run.observe.device)
     data = load_dataset(cfg.run.data).to(device)
     weights = I.alphas(cfg.points)
